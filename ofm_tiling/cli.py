@@ -1,0 +1,128 @@
+"""The ``ofm-tiling`` command: one line per problem, never a traceback for a user mistake."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import OfmTilingError
+
+log = logging.getLogger("ofm_tiling")
+
+
+def _grid(text: str) -> tuple[int, int]:
+    try:
+        cols, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected COLSxROWS such as 10x8, not {text!r}") from None
+    if cols < 1 or rows < 1:
+        raise argparse.ArgumentTypeError("grid size must be at least 1x1")
+    return cols, rows
+
+
+def _size(text: str) -> tuple[int, int]:
+    return _grid(text)
+
+
+def _add_collect_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scan", type=Path, help="smart-stack scan folder (holds data.json and one folder per position)")
+    p.add_argument("--select", choices=("tag", "sharpest"), default="tag",
+                   help="image per position: the one tagged central_image (default; sharpest when tags are "
+                        "missing or contradictory) or always the sharpest by focus measure")
+    p.add_argument("--use", type=Path, default=None, metavar="DIR",
+                   help="folder for the collected tiles (default SCAN/use)")
+    p.add_argument("--link", action="store_true",
+                   help="hard-link tiles instead of copying (a program saving over a tile in place would "
+                        "then change the original image)")
+    p.add_argument("--strict", action="store_true", help="fail on an incomplete scan or a damaged image")
+    p.add_argument("--grid", type=_grid, metavar="COLSxROWS",
+                   help="lay tiles out on this grid (row by row) instead of by stage position")
+    p.add_argument("--overlap", type=float, metavar="F", help="overlap fraction for --grid, e.g. 0.3")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ofm-tiling",
+        description="Collect and stitch OpenFlexure Microscope smart-stack scans.")
+    parser.add_argument("--version", action="version", version=f"ofm-tiling {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="copy the image to use of every position into SCAN/use, Fiji-ready")
+    _add_collect_options(p)
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="same as --use")
+
+    p = sub.add_parser("example", help="write a small generated example scan (with its ground truth)")
+    p.add_argument("folder", type=Path, help="where to write the example scan")
+    p.add_argument("--grid", type=_grid, default=(4, 3), metavar="COLSxROWS")
+    p.add_argument("--tile", type=_size, default=(640, 480), metavar="WxH", help="tile size in pixels")
+    p.add_argument("--incomplete", action="store_true", help="make the last position a failed one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ofm-tiling: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.ERROR if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from .collect import FAILURE_REPORT, collect
+
+    out = args.out or args.use
+    result = collect(args.scan, out=out, select=args.select, link=args.link, strict=args.strict,
+                     grid=args.grid, overlap=args.overlap)
+    if not args.quiet:
+        print(f"Collected {len(result.tiles)} tiles ({result.tile_shape[1]}x{result.tile_shape[0]}) "
+              f"into {result.use_dir}")
+        print(f"  ordered by {result.order}; laid out from {result.layout}")
+        if result.failed:
+            print(f"  scan incomplete: {len(result.failed)} position(s) without images; "
+                  f"see {result.use_dir / FAILURE_REPORT}")
+    return 0
+
+
+def _run_example(args: argparse.Namespace) -> int:
+    from .synthetic import make_scan
+
+    truth = make_scan(args.folder, grid=args.grid, tile_size=args.tile, incomplete=args.incomplete, seed=args.seed)
+    if not args.quiet:
+        print(f"Wrote an example scan of {args.grid[0]}x{args.grid[1]} positions to {args.folder} "
+              f"(ground truth in {Path(args.folder) / 'truth.json'})")
+    del truth
+    return 0
+
+
+COMMANDS = {"collect": _run_collect, "example": _run_example}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ofm-tiling`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return COMMANDS[args.command](args)
+    except OfmTilingError as exc:
+        print(f"ofm-tiling: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ofm-tiling: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("ofm-tiling: error: out of memory", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions… on a path the code did not anticipate
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ofm-tiling: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
