@@ -40,6 +40,8 @@ def _add_collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", type=_grid, metavar="COLSxROWS",
                    help="lay tiles out on this grid (row by row) instead of by stage position")
     p.add_argument("--overlap", type=float, metavar="F", help="overlap fraction for --grid, e.g. 0.3")
+    p.add_argument("--focus", choices=("central", "edf"), default="central",
+                   help="use the chosen plane (default) or an all-in-focus image fused from each 9-plane stack")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
@@ -53,6 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="copy the image to use of every position into SCAN/use, Fiji-ready")
     _add_collect_options(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="same as --use")
+
+    p = sub.add_parser("stitch", help="collect, then stitch into one pyramidal OME-TIFF mosaic")
+    _add_collect_options(p)
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output folder (default SCAN/stitched)")
+    p.add_argument("--backend", choices=("builtin", "fiji"), default="builtin",
+                   help="built-in registration and fusion (default), or Fiji's Grid/Collection stitching")
+    p.add_argument("--fiji", type=Path, default=None, metavar="PATH",
+                   help="Fiji.app folder for --backend fiji (default $FIJI_HOME or the usual places)")
+    p.add_argument("--fiji-layout", choices=("positions", "grid"), default="positions",
+                   help="Fiji: positions from TileConfiguration.txt (default) or a regular grid with the {ii} pattern")
+    p.add_argument("--compression", choices=("jpeg", "deflate", "none"), default="jpeg",
+                   help="OME-TIFF tile compression (default jpeg)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the OME-TIFF tiles (default 90)")
+    p.add_argument("--workers", type=int, default=None, help="threads to use (default: all cores)")
+
+    p = sub.add_parser("fiji-macro", help="print the ImageJ macro the Fiji backend runs for a scan")
+    _add_collect_options(p)
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default SCAN/stitched)")
+    p.add_argument("--fiji-layout", choices=("positions", "grid"), default="positions")
+
+    p = sub.add_parser("install-fiji-macro", help="install the collect-and-stitch script into Fiji's Plugins menu")
+    p.add_argument("--fiji", type=Path, default=None, metavar="PATH", help="Fiji.app folder")
+    p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("example", help="write a small generated example scan (with its ground truth)")
     p.add_argument("folder", type=Path, help="where to write the example scan")
@@ -77,7 +103,7 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     out = args.out or args.use
     result = collect(args.scan, out=out, select=args.select, link=args.link, strict=args.strict,
-                     grid=args.grid, overlap=args.overlap)
+                     grid=args.grid, overlap=args.overlap, focus=args.focus)
     if not args.quiet:
         print(f"Collected {len(result.tiles)} tiles ({result.tile_shape[1]}x{result.tile_shape[0]}) "
               f"into {result.use_dir}")
@@ -85,6 +111,40 @@ def _run_collect(args: argparse.Namespace) -> int:
         if result.failed:
             print(f"  scan incomplete: {len(result.failed)} position(s) without images; "
                   f"see {result.use_dir / FAILURE_REPORT}")
+    return 0
+
+
+def _run_stitch(args: argparse.Namespace) -> int:
+    from .stitch import stitch
+
+    r = stitch(args.scan, out=args.out, use=args.use, backend=args.backend, select=args.select, focus=args.focus,
+               link=args.link, strict=args.strict, grid=args.grid, overlap=args.overlap, fiji=args.fiji,
+               fiji_layout=args.fiji_layout, compression=args.compression, quality=args.quality,
+               workers=args.workers, show_progress=not args.quiet)
+    if not args.quiet:
+        c = r.collection
+        print(f"Collected {len(c.tiles)} tiles into {c.use_dir} (ordered by {c.order})")
+        print(f"Stitched a {r.shape[1]}x{r.shape[0]} px mosaic with the {r.backend} backend "
+              f"in {sum(r.timings.values()):.1f} s:")
+        for path in (r.mosaic, r.preview, r.report, r.layout_png, r.registered):
+            print(f"  {path}")
+    return 0
+
+
+def _run_fiji_macro(args: argparse.Namespace) -> int:
+    from .fiji import macro_for_scan
+
+    print(macro_for_scan(args.scan, use=args.use, out=args.out, layout=args.fiji_layout, select=args.select,
+                         grid=args.grid, overlap=args.overlap))
+    return 0
+
+
+def _run_install_fiji_macro(args: argparse.Namespace) -> int:
+    from .fiji import install_macro
+
+    path = install_macro(args.fiji)
+    if not args.quiet:
+        print(f"Installed {path}; restart Fiji and find it under Plugins > OpenFlexure")
     return 0
 
 
@@ -99,7 +159,8 @@ def _run_example(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"collect": _run_collect, "example": _run_example}
+COMMANDS = {"collect": _run_collect, "stitch": _run_stitch, "fiji-macro": _run_fiji_macro,
+            "install-fiji-macro": _run_install_fiji_macro, "example": _run_example}
 
 
 def main(argv: list[str] | None = None) -> int:

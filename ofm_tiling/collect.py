@@ -55,6 +55,7 @@ class Tile:
     time: datetime | None
     xy: tuple[float, float]
     reason: str
+    stack: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -118,17 +119,15 @@ def select_image(position: Position, *, mode: str = "tag") -> Selection:
 
 
 def _check_position(position: Position, selection: Selection, mode: str) -> list[str]:
-    """Damaged files: fatal if they could be the chosen image, otherwise a note."""
-    notes = []
+    """Damaged files: fatal when one may be the image to use, otherwise a note."""
     if not selection.image.complete:
         raise OfmTilingError(selection.image.path, "JPEG is truncated (no end-of-image marker)")
-    for path, problem in position.damaged:
-        if selection.fallback or mode == "sharpest":
-            note = f"{path}: {problem}; left out of the focus comparison"
-        else:
-            note = f"{path}: {problem}; not needed (the tagged image is intact)"
-        notes.append(note)
-    return notes
+    if position.damaged and mode == "tag" and selection.fallback:
+        # Without an intact tagged image, the damaged file may well be the central one.
+        path, problem = position.damaged[0]
+        raise OfmTilingError(path, f"{problem}; no other image of {position.name} is tagged central_image")
+    why = "left out of the focus comparison" if mode == "sharpest" else "not needed (the tagged image is intact)"
+    return [f"{path}: {problem}; {why}" for path, problem in position.damaged]
 
 
 # --- consistency and layout ------------------------------------------------------------------
@@ -237,7 +236,8 @@ def plan_tiles(scan: Scan, selections: list[Selection], *, grid: tuple[int, int]
     for k, idx in enumerate(order):
         s = selections[idx]
         tiles.append(Tile(f"{k:0{width}d}.jpeg", s.image.path, s.position.name, s.plane, stages[idx], times[idx],
-                          (float(positions[k, 0]), float(positions[k, 1])), s.reason))
+                          (float(positions[k, 0]), float(positions[k, 1])), s.reason,
+                          tuple(im.path for im in s.position.images)))
     pixel = next((s.image.um_per_px for s in selections if s.image.um_per_px), None)
     return tiles, positions, order_source, layout, tile_shape, pixel
 
@@ -306,9 +306,23 @@ def replace_dir(build: Callable[[Path], None], out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_edf_tile(tile: Tile, target: Path, *, workers: int | None = None, quality: int = 95) -> None:
+    """Fuse a position's stack into one all-in-focus JPEG that keeps the chosen plane's EXIF."""
+    from PIL import Image
+
+    from .focus import edf_from_paths
+
+    fused = edf_from_paths(list(tile.stack), workers=workers or os.cpu_count() or 1)
+    with Image.open(tile.source) as src:
+        exif = src.info.get("exif", b"")
+    Image.fromarray(fused).save(target, format="JPEG", quality=quality, exif=exif)
+    tile.reason += "; all-in-focus fusion of the stack"
+
+
 def collect(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, select: str = "tag",
             link: bool = False, strict: bool = False, grid: tuple[int, int] | None = None,
-            overlap: float | None = None, skip: tuple[str | os.PathLike, ...] = ()) -> Collection:
+            overlap: float | None = None, skip: tuple[str | os.PathLike, ...] = (),
+            focus: str = "central", workers: int | None = None) -> Collection:
     """Collect the image to use of every position into a Fiji-ready folder.
 
     Parameters
@@ -330,11 +344,18 @@ def collect(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None
         positions (for images without stage metadata).
     skip : paths
         Further folders to ignore (output folders).
+    focus : {"central", "edf"}
+        Copy the chosen plane of every position, or write an all-in-focus (extended depth of
+        field) image fused from the whole stack, as a JPEG carrying the chosen plane's EXIF.
+    workers : int, optional
+        Threads for all-in-focus fusion (default: all cores).
 
     Returns
     -------
     Collection
     """
+    if focus not in ("central", "edf"):
+        raise OfmTilingError(None, f"--focus must be 'central' or 'edf', not {focus!r}")
     if select not in ("tag", "sharpest"):
         raise OfmTilingError(None, f"--select must be 'tag' or 'sharpest', not {select!r}")
     if grid is not None and (overlap is None or not 0 <= overlap < 1):
@@ -366,6 +387,9 @@ def collect(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None
     def build(tmp: Path) -> None:
         for t in tiles:
             target = tmp / t.name
+            if focus == "edf":
+                write_edf_tile(t, target, workers=workers)
+                continue
             if link:
                 try:
                     os.link(t.source, target)

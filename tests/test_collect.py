@@ -1,0 +1,231 @@
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import piexif
+import pytest
+from PIL import Image
+
+from conftest import snapshot
+from ofm_tiling.cli import main
+from ofm_tiling.collect import collect, tile_name_width
+from ofm_tiling.tileconfig import read_tile_configuration
+
+
+def offset_free_error(a, b):
+    d = np.asarray(a) - np.asarray(b)
+    return np.abs(d - d.mean(axis=0)).max()
+
+
+def check_collection(scan, truth, result):
+    """Tiles are byte-identical copies of the truly central images, in capture order, at stage positions."""
+    central = truth.central_paths(scan)
+    assert [t.name for t in result.tiles] == [f"{k:0{tile_name_width(len(central))}d}.jpeg" for k in range(len(central))]
+    for k, src in enumerate(central):
+        assert (result.use_dir / result.tiles[k].name).read_bytes() == src.read_bytes()
+        assert result.tiles[k].source == src
+    names, pos = read_tile_configuration(result.use_dir / "TileConfiguration.txt")
+    assert names == [t.name for t in result.tiles]
+    nominal = truth.stage_to_canvas_xy(truth.stage_xy_array())
+    assert offset_free_error(pos, nominal) < 0.01
+    assert offset_free_error(pos, truth.true_xy_array()) <= 2 * truth.stage_error_px + 1
+    assert pos.min(axis=0).tolist() == [0.0, 0.0]
+    rows = list(csv.DictReader((result.use_dir / "tiles.csv").open()))
+    assert [r["tile"] for r in rows] == names
+    for r, p in zip(rows, truth.positions):
+        assert r["source"] == f"{p.folder}/{p.central_file}"
+        assert (float(r["stage_x"]), float(r["stage_y"])) == tuple(map(float, p.stage_xyz[:2]))
+        assert r["capture_time"]
+
+
+@pytest.mark.parametrize("layout,prefix,style", [("v2", False, "raster"), ("v3", True, "snake"),
+                                                 ("v3-slash", False, "raster"), ("v2", True, "snake")])
+def test_collect_layouts(copy_scan, layout, prefix, style):
+    scan, truth = copy_scan(f"{layout}-{prefix}-{style}", layout=layout, usercomment_prefix=prefix, style=style,
+                            grid=(4, 3))
+    before = snapshot(scan)
+    result = collect(scan)
+    check_collection(scan, truth, result)
+    assert result.order == "capture time"
+    assert all(t.reason == "tagged central_image" for t in result.tiles)
+    assert snapshot(scan) == before  # nothing outside use/ changed, not even a file time
+
+
+def test_rerun_gives_the_same_use_and_removes_strays(copy_scan):
+    scan, truth = copy_scan("v2-rerun", grid=(3, 2))
+    first = collect(scan)
+    listing = sorted(p.name for p in first.use_dir.iterdir())
+    contents = {n: (first.use_dir / n).read_bytes() for n in listing}
+    (first.use_dir / "99.jpeg").write_bytes(b"stray from an earlier run")
+    second = collect(scan)
+    assert sorted(p.name for p in second.use_dir.iterdir()) == listing
+    assert {n: (second.use_dir / n).read_bytes() for n in listing} == contents
+    assert not [p for p in scan.iterdir() if p.name.startswith(".use")]  # no temporary folders left
+
+
+def test_file_times_are_not_used_for_order(copy_scan):
+    scan, truth = copy_scan("v2-mtimes", grid=(3, 3), scramble_mtimes=True)
+    central = truth.central_paths(scan)
+    # Make file times run exactly backwards: an mtime-sorting tool would reverse the scan.
+    for k, p in enumerate(central):
+        os.utime(p, (1e9 - k * 100, 1e9 - k * 100))
+    check_collection(scan, truth, collect(scan))
+
+
+def test_incomplete_scan(copy_scan, capsys):
+    scan, truth = copy_scan("v2-incomplete", grid=(3, 2), incomplete=True)
+    assert truth.failed_folder is not None
+    assert main(["collect", str(scan)]) == 0
+    out, err = capsys.readouterr()
+    assert "incomplete" in out and truth.failed_folder in err
+    report = (scan / "use" / "scan-failure.txt").read_text()
+    assert truth.failed_folder in report and truth.failed_info["error"] in report
+    assert len(list((scan / "use").glob("*.jpeg"))) == len(truth.positions)
+    assert main(["collect", str(scan), "--strict"]) == 2
+    assert "incomplete" in capsys.readouterr().err
+
+
+def test_more_than_100_positions_use_three_digits(copy_scan):
+    scan, truth = copy_scan("v2-big", grid=(11, 10), tile_size=(64, 48), planes=3, stage_error_px=3.0)
+    result = collect(scan)
+    assert result.tiles[0].name == "000.jpeg" and result.tiles[-1].name == "109.jpeg"
+    check_collection(scan, truth, result)
+
+
+@pytest.mark.parametrize("kind", ["none", "several"])
+def test_missing_or_contradictory_tags_fall_back_to_sharpest(copy_scan, caplog, kind):
+    scan, truth = copy_scan(f"v2-mistag-{kind}", grid=(3, 2), mistag={1: kind, 4: kind})
+    result = collect(scan)
+    check_collection(scan, truth, result)  # the truly sharpest plane was found
+    for k in (1, 4):
+        expected = "no image tagged" if kind == "none" else "images tagged central_image"
+        assert expected in result.tiles[k].reason and "sharpest" in result.tiles[k].reason
+        assert any(truth.positions[k].folder in n and expected in n for n in result.notes)
+
+
+def test_select_sharpest_ignores_a_wrong_tag(copy_scan):
+    scan, truth = copy_scan("v2-wrongtag", grid=(3, 2), mistag={2: "wrong"})
+    tagged = collect(scan, out=scan / "tagged")
+    assert tagged.tiles[2].source.name == truth.positions[2].tagged_files[0] != truth.positions[2].central_file
+    check_collection(scan, truth, collect(scan, select="sharpest"))
+
+
+def test_link_makes_hard_links(copy_scan):
+    scan, truth = copy_scan("v2-link", grid=(2, 2))
+    result = collect(scan, link=True)
+    for t in result.tiles:
+        assert os.path.samefile(result.use_dir / t.name, t.source)
+
+
+def test_grid_fallback_without_stage_metadata(copy_scan):
+    scan, truth = copy_scan("v2-nostage", grid=(3, 2))
+    for p in truth.positions:
+        for f in p.files:
+            _rewrite_comment(scan / p.folder / f, lambda d: d["instrument"]["state"].pop("stage"))
+    assert main(["collect", str(scan)]) == 2
+    result = collect(scan, grid=(3, 2), overlap=0.3)
+    names, pos = read_tile_configuration(result.tile_configuration)
+    np.testing.assert_allclose(pos[4], [320 * 0.7, 240 * 0.7])
+
+
+# --- bad input: one line naming the file, exit code 2, no traceback ---------------------------
+
+def _rewrite_comment(path: Path, change) -> None:
+    exif = piexif.load(str(path))
+    doc = json.loads(exif["Exif"][piexif.ExifIFD.UserComment].decode())
+    change(doc)
+    exif["Exif"][piexif.ExifIFD.UserComment] = json.dumps(doc).encode()
+    piexif.insert(piexif.dump(exif), str(path))
+
+
+def run_cli_error(capsys, *args):
+    code = main(["collect", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ofm-tiling: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_missing_and_empty_scan_folders(tmp_path, capsys):
+    assert "scan folder not found" in run_cli_error(capsys, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    assert "no position folders" in run_cli_error(capsys, tmp_path / "empty")
+
+
+def test_truncated_central_jpeg(copy_scan, capsys):
+    scan, truth = copy_scan("v2-trunc", grid=(2, 2))
+    p = scan / truth.positions[1].folder / truth.positions[1].central_file
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    line = run_cli_error(capsys, scan)
+    assert str(p) in line and "truncated" in line
+
+
+def test_corrupt_jpeg_elsewhere_in_stack_is_a_note(copy_scan, caplog):
+    scan, truth = copy_scan("v2-corrupt", grid=(2, 2))
+    pos = truth.positions[0]
+    other = next(f for f in pos.files if f != pos.central_file)
+    (scan / pos.folder / other).write_bytes(b"\x00garbage" * 100)
+    result = collect(scan)
+    assert any(other in n and "not a JPEG" in n for n in result.notes)
+    check_collection(scan, truth, result)
+
+
+def test_corrupt_tagged_jpeg(copy_scan, capsys):
+    scan, truth = copy_scan("v2-corrupt2", grid=(2, 2))
+    pos = truth.positions[3]
+    data = bytearray((scan / pos.folder / pos.central_file).read_bytes())
+    p = scan / pos.folder / pos.central_file
+    p.write_bytes(b"\xff\xd8\xff\xe1\x00\x01" + bytes(data[6:]))  # segment length 1 is impossible
+    line = run_cli_error(capsys, scan)
+    assert pos.folder in line
+
+
+def test_usercomment_not_json(copy_scan, capsys):
+    scan, truth = copy_scan("v2-badjson", grid=(2, 2), mistag={2: "bad_json"})
+    line = run_cli_error(capsys, scan)
+    assert truth.positions[2].folder in line and "not JSON" in line
+
+
+def test_mixed_image_sizes(copy_scan, capsys):
+    scan, truth = copy_scan("v2-sizes", grid=(2, 2))
+    p = scan / truth.positions[3].folder / truth.positions[3].central_file
+    exif = Image.open(p).info["exif"]
+    Image.open(p).resize((300, 200)).save(p, exif=exif)
+    line = run_cli_error(capsys, scan)
+    assert str(p) in line and "300x200" in line
+
+
+def test_disagreeing_calibration(copy_scan, capsys):
+    scan, truth = copy_scan("v2-csm", grid=(2, 2))
+    pos = truth.positions[2]
+    for f in pos.files:
+        _rewrite_comment(scan / pos.folder / f, lambda d: d["instrument"]["settings"]["extensions"][
+            "org.openflexure.camera_stage_mapping"].update(image_to_stage_displacement=[[1, 0], [0, 1]]))
+    line = run_cli_error(capsys, scan)
+    assert pos.folder in line and "disagrees" in line
+
+
+def test_unwritable_output(copy_scan, capsys, tmp_path):
+    scan, truth = copy_scan("v2-unwritable", grid=(2, 2))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    line = run_cli_error(capsys, scan, "--out", blocker / "use")
+    assert "a-file" in line
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("mine")
+    line = run_cli_error(capsys, scan, "--out", tmp_path / "precious")
+    assert "not made by ofm-tiling" in line and (tmp_path / "precious" / "notes.txt").read_text() == "mine"
+
+
+def test_console_script_runs_the_example(tmp_path):
+    exe = shutil.which("ofm-tiling") or pytest.fail("the ofm-tiling console script is not installed")
+    subprocess.run([exe, "example", str(tmp_path / "ex"), "--grid", "2x2", "--tile", "160x120", "-q"], check=True)
+    r = subprocess.run([exe, "collect", str(tmp_path / "ex")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "ex" / "use").glob("*.jpeg")) == ["00.jpeg", "01.jpeg", "02.jpeg", "03.jpeg"]
