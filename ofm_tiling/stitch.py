@@ -61,13 +61,25 @@ class StitchResult:
         return self.collection.use_dir / REGISTERED
 
 
+def _unregistered(positions: np.ndarray):
+    """Registration and solution records for positions that did not come from our registration."""
+    from .register import Registration
+    from .solve import Solution
+
+    n = len(positions)
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    return (Registration([], float("nan"), np.zeros(0), float("nan")),
+            Solution(np.asarray(positions, float), {}, identity, [[k] for k in range(n)], []))
+
+
 def _register_builtin(collection: Collection, *, workers: int, show_progress: bool):
     from .register import JpegTiles, register
     from .solve import solve
 
     stage = collection.positions
     if len(collection.tiles) == 1:
-        return stage.copy(), None, None, ["only one tile: nothing to register"]
+        registration, solution = _unregistered(stage)
+        return stage.copy(), registration, solution, ["only one tile: nothing to register"]
     with progress_bar("registering", enabled=show_progress) as bar:
         registration = register(JpegTiles(collection.paths), stage, tile_shape=collection.tile_shape,
                                 workers=workers, progress=bar)
@@ -145,7 +157,8 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
 
         fiji_result = run_fiji(collection.use_dir, fiji=fiji, layout=fiji_layout, stage_positions=stage,
                                tile_shape=collection.tile_shape, show_progress=show_progress)
-        positions, registration, solution = fiji_result.positions, None, None
+        positions = fiji_result.positions
+        registration, solution = _unregistered(positions)
         more = list(fiji_result.notes)
     notes.extend(more)
     timings["registration"] = time.perf_counter() - t0
@@ -173,9 +186,9 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
                  "layout": collection.layout, "pixel_size_um": collection.pixel_size_um, "notes": notes,
                  "failed_positions": [{"folder": f.folder.name, "report": f.report} for f in collection.failed]}
         write_report(tmp / REPORT, names=names, stage_positions=stage, solution=solution,
-                     registration=registration, positions=positions, extra=extra)
+                     registration=registration, extra=extra)
         draw_layout(tmp / LAYOUT_PNG, stage_positions=stage, positions=positions, tile_shape=(h, w),
-                    links=registration.links if registration else [], names=names)
+                    links=registration.links, names=names)
 
     replace_dir(build, out_dir)
     timings["fusion"] = time.perf_counter() - t0
