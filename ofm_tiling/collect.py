@@ -56,6 +56,7 @@ class Tile:
     xy: tuple[float, float]
     reason: str
     stack: tuple[Path, ...] = ()
+    tagged_plane: int | None = None
 
 
 @dataclass
@@ -174,6 +175,11 @@ def _check_calibration(selections: list[Selection]) -> tuple[np.ndarray, int] | 
     return None if found is None else (found.csm, found.csm_width or found.width)
 
 
+def _tagged_plane(position: Position) -> int | None:
+    tagged = [k for k, im in enumerate(position.images) if im.is_central]
+    return tagged[0] if len(tagged) == 1 else None
+
+
 def _natural_key(name: str) -> list:
     import re
     return [int(t) if t.isdigit() else t for t in re.split(r"(-?\d+)", name)]
@@ -237,9 +243,31 @@ def plan_tiles(scan: Scan, selections: list[Selection], *, grid: tuple[int, int]
         s = selections[idx]
         tiles.append(Tile(f"{k:0{width}d}.jpeg", s.image.path, s.position.name, s.plane, stages[idx], times[idx],
                           (float(positions[k, 0]), float(positions[k, 1])), s.reason,
-                          tuple(im.path for im in s.position.images)))
+                          tuple(im.path for im in s.position.images), _tagged_plane(s.position)))
     pixel = next((s.image.um_per_px for s in selections if s.image.um_per_px), None)
     return tiles, positions, order_source, layout, tile_shape, pixel
+
+
+def focus_survey(tiles: list[Tile], *, workers: int | None = None) -> list[dict]:
+    """Focus curve of every position's stack and what it says (for the report).
+
+    Flags positions whose tagged plane is not the sharpest and stacks without a clear focus peak,
+    so a user sees where autofocus failed. Decodes every plane at 1/8 resolution.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .focus import analyse_curve
+
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        curves = list(pool.map(lambda t: focus_curve(list(t.stack)), tiles))
+    rows = []
+    for t, curve in zip(tiles, curves):
+        v = analyse_curve(curve, tagged=t.tagged_plane)
+        rows.append({"tile": t.name, "position": t.position, "used_plane": t.plane, "tagged_plane": t.tagged_plane,
+                     "sharpest_plane": v.best, "prominence": round(float(v.prominence), 4),
+                     "clear_peak": bool(v.clear_peak), "tagged_is_sharpest": v.tagged_is_sharpest,
+                     "curve": [round(float(c), 6) for c in curve], "message": v.message})
+    return rows
 
 
 # --- writing use/ ----------------------------------------------------------------------------
@@ -306,7 +334,7 @@ def replace_dir(build: Callable[[Path], None], out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_edf_tile(tile: Tile, target: Path, *, workers: int | None = None, quality: int = 95) -> None:
+def write_edf_tile(tile: Tile, target: Path, *, workers: int | None = None, quality: int = 98) -> None:
     """Fuse a position's stack into one all-in-focus JPEG that keeps the chosen plane's EXIF."""
     from PIL import Image
 
@@ -315,7 +343,8 @@ def write_edf_tile(tile: Tile, target: Path, *, workers: int | None = None, qual
     fused = edf_from_paths(list(tile.stack), workers=workers or os.cpu_count() or 1)
     with Image.open(tile.source) as src:
         exif = src.info.get("exif", b"")
-    Image.fromarray(fused).save(target, format="JPEG", quality=quality, exif=exif)
+    # Near-lossless and without chroma subsampling, so the fused tile loses nothing visible to re-encoding.
+    Image.fromarray(fused).save(target, format="JPEG", quality=quality, subsampling=0, exif=exif)
     tile.reason += "; all-in-focus fusion of the stack"
 
 

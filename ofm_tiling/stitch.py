@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .collect import Collection, collect, prepare_output_dir, replace_dir
+from .collect import Collection, collect, focus_survey, prepare_output_dir, replace_dir
 from .errors import OfmTilingError
 from .progress import progress_bar
 from .tileconfig import write_tile_configuration
@@ -98,7 +98,7 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
            grid: tuple[int, int] | None = None, overlap: float | None = None,
            fiji: str | os.PathLike | None = None, fiji_layout: str = "positions",
            compression: str = "jpeg", quality: int = 90, workers: int | None = None,
-           show_progress: bool = False) -> StitchResult:
+           check_focus: bool = True, show_progress: bool = False) -> StitchResult:
     """Collect a smart-stack scan and stitch it into one pyramidal mosaic.
 
     Parameters
@@ -121,6 +121,9 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
         OME-TIFF tile compression (``"jpeg"``, ``"deflate"``, ``"none"``) and JPEG quality.
     workers : int, optional
         Threads for decoding, correlation and compression (default: all cores).
+    check_focus : bool
+        Record every stack's focus curve in the report and flag positions whose tagged plane is
+        not the sharpest or whose curve has no clear peak (decodes every plane at 1/8 size).
     show_progress : bool
         Draw progress bars on stderr.
     """
@@ -138,6 +141,12 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
                          overlap=overlap, skip=(out_dir,), focus=focus)
     timings["collect"] = time.perf_counter() - t0
     notes = list(collection.notes)
+    focus_rows = []
+    if check_focus:
+        t0 = time.perf_counter()
+        focus_rows = focus_survey(collection.tiles, workers=workers)
+        notes.extend(f"{r['position']}: {r['message']}" for r in focus_rows if r["message"])
+        timings["focus check"] = time.perf_counter() - t0
     names = collection.names
     stage = collection.positions
     h, w = collection.tile_shape
@@ -184,7 +193,8 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
         extra = {"backend": backend, "scan": str(root), "use": str(collection.use_dir),
                  "tile_shape": [h, w], "mosaic_shape": list(fused_shape), "order": collection.order,
                  "layout": collection.layout, "pixel_size_um": collection.pixel_size_um, "notes": notes,
-                 "failed_positions": [{"folder": f.folder.name, "report": f.report} for f in collection.failed]}
+                 "failed_positions": [{"folder": f.folder.name, "report": f.report} for f in collection.failed],
+                 "focus": focus_rows, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
         write_report(tmp / REPORT, names=names, stage_positions=stage, solution=solution,
                      registration=registration, extra=extra)
         draw_layout(tmp / LAYOUT_PNG, stage_positions=stage, positions=positions, tile_shape=(h, w),

