@@ -724,3 +724,36 @@ def test_real_fiji_stitches_a_small_scan(tmp_path):
         assert image.shape == (*shape, 3) and image.std() > 10
     finally:
         result.close()
+
+
+# ------------------------------------------------------------------------------------------
+# The whole `stitch --backend fiji` run, through the fake Fiji.app with the STAND-IN plugin
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake launcher is a Linux shell script")
+def test_stitch_with_fiji_backend_gives_the_same_outputs(standin_classes, scans, tmp_path):
+    import json
+
+    import tifffile
+
+    from ofm_tiling.cli import main
+    from ofm_tiling.tileconfig import read_tile_configuration
+
+    fake = _fake_fiji(tmp_path / "Fiji.app", standin_classes)
+    source, truth = scans("fiji-backend", grid=(3, 2))
+    scan = tmp_path / "scan"
+    shutil.copytree(source, scan)
+    assert main(["stitch", str(scan), "--backend", "fiji", "--fiji", str(fake), "--compression", "deflate", "-q"]) == 0
+    out = scan / "stitched"
+    for name in ("mosaic.ome.tif", "preview.jpg", "stitching-report.json", "layout.png"):
+        assert (out / name).is_file(), name
+    names, registered = read_tile_configuration(scan / "use" / "TileConfiguration.registered.txt")
+    _, stage = read_tile_configuration(scan / "use" / "TileConfiguration.txt")
+    # The stand-in "registers" every tile at its stage position + (0.5, -0.25): same layout up to the origin.
+    np.testing.assert_allclose(registered - registered.min(0), stage - stage.min(0), atol=1e-3)
+    mosaic = tifffile.imread(out / "mosaic.ome.tif")
+    assert mosaic.shape == (30, 40, 3)  # what the stand-in fused: Fiji's three channels merged back to RGB
+    assert mosaic[0, 0].tolist() == [40, 80, 120]
+    report = json.loads((out / "stitching-report.json").read_text())
+    assert report["extra"]["backend"] == "fiji" and len(report["tiles"]) == 6
+    assert not [p for p in (scan / "use").iterdir() if p.name.startswith(".fiji-fused")]
