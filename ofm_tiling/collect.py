@@ -21,7 +21,7 @@ from .errors import OfmTilingError
 from .focus import focus_curve
 from .layout import grid_positions, scan_order, stage_to_pixels
 from .metadata import ImageMetadata
-from .scan import MARKER, FailedPosition, Position, Scan, read_scan
+from .scan import MARKER, OWN_OUTPUT, FailedPosition, Position, Scan, read_scan
 from .tileconfig import format_tile_configuration
 
 log = logging.getLogger("ofm_tiling")
@@ -392,7 +392,8 @@ def collect(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None
     root = Path(scan_dir)
     out_dir = Path(out) if out is not None else root / "use"
     scan = read_scan(root, skip=(out_dir, *skip))
-    notes = [f"{path}: ignored ({why})" for path, why in scan.ignored]
+    # Folders ofm-tiling wrote itself are expected; only other folders are worth a note.
+    notes = [f"{path}: ignored ({why})" for path, why in scan.ignored if why != OWN_OUTPUT]
 
     selections = [select_image(p, mode=select) for p in scan.positions]
     for position, s in zip(scan.positions, selections):

@@ -16,6 +16,7 @@ from .metadata import HeaderError, ImageMetadata, read_metadata
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 #: Every folder ofm-tiling writes holds this file, so later runs never read it as a position.
 MARKER = ".ofm-tiling"
+OWN_OUTPUT = "written by ofm-tiling"  # why a folder holding MARKER is passed over
 
 
 @dataclass
@@ -113,7 +114,7 @@ def read_scan(root: str | os.PathLike, *, skip: tuple[str | os.PathLike, ...] = 
             continue
         folder = Path(entry.path)
         if folder.resolve() in skip_set or (folder / MARKER).exists():
-            ignored.append((folder, "written by ofm-tiling"))
+            ignored.append((folder, OWN_OUTPUT))
             continue
         jpegs = sorted(p for p in folder.iterdir() if p.suffix.lower() in JPEG_SUFFIXES and p.is_file())
         folder_data, problem = _read_json(folder / "data.json")
