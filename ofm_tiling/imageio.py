@@ -18,8 +18,9 @@ def _open(path: str | os.PathLike, mode: str, scale: int) -> Image.Image:
         if scale > 1 and im.format == "JPEG":
             # DCT-domain scaling: libjpeg decodes at 1/2, 1/4 or 1/8 size for a fraction of the cost.
             im.draft(mode, size)
-        im = im.convert(mode)
         im.load()
+        if im.mode != mode:  # converting an RGB JPEG to RGB would only copy it
+            im = im.convert(mode)
     except FileNotFoundError:
         raise OfmTilingError(path, "file not found") from None
     except (OSError, SyntaxError, ValueError) as exc:
