@@ -15,8 +15,9 @@ def _open(path: str | os.PathLike, mode: str, scale: int) -> Image.Image:
     try:
         im = Image.open(path)
         size = (-(-im.width // scale), -(-im.height // scale))
-        if scale > 1 and im.format == "JPEG":
-            # DCT-domain scaling: libjpeg decodes at 1/2, 1/4 or 1/8 size for a fraction of the cost.
+        if im.format == "JPEG":
+            # libjpeg decodes straight to grey, and with DCT-domain scaling at 1/2, 1/4 or 1/8 size,
+            # for a fraction of the cost of a full decode.
             im.draft(mode, size)
         im.load()
         if im.mode != mode:  # converting an RGB JPEG to RGB would only copy it
@@ -41,4 +42,4 @@ def read_gray(path: str | os.PathLike, scale: int = 1) -> np.ndarray:
     With `scale` > 1 the reduced size is ``ceil(W / scale) x ceil(H / scale)``, which is what libjpeg's
     DCT scaling returns, so positions scale exactly by `scale`.
     """
-    return np.asarray(_open(path, "L", scale), dtype=np.float32)
+    return np.asarray(_open(path, "L", scale)).astype(np.float32)  # asarray(dtype=) converts pixel by pixel

@@ -637,6 +637,10 @@ def _stream(pool: ThreadPoolExecutor, order: Sequence[int], load: Callable[[int]
 # Registration
 
 
+# Default search radius as a fraction of the (median) narrow side of the predicted overlaps.
+_RADIUS_FRACTION = 0.75
+
+
 def _auto_max_deviation(pred: np.ndarray, meas: np.ndarray, *, low: float, high: float,
                         k: float = 3.0) -> tuple[float, np.ndarray]:
     """Systematic stage error and a bound on the random part, from confident links.
@@ -698,8 +702,8 @@ def register(
         stage prediction. Default: learned from confident links (3x their 90th percentile), clamped
         between ``max(4 * coarse_scale, 1 % of the tile side)`` and the search window.
     search_radius : float, optional
-        How far (px, per axis) a shift may be from the stage prediction. Default: half the median
-        narrow side of the predicted overlaps.
+        How far (px, per axis) a shift may be from the stage prediction. Default: 3/4 of the median
+        narrow side of the predicted overlaps (beyond that, little overlap would be left to compare).
     coarse_scale : int
         Reduction for the coarse search (1, 2, 4 or 8); lowered automatically when the overlap
         strips would become narrower than 24 px. 1 registers at full resolution directly.
@@ -742,7 +746,7 @@ def register(
     pred = pos[pair_arr[:, 1]] - pos[pair_arr[:, 0]]                       # (dx, dy)
     ov = np.array([w, h]) - np.abs(pred)                                   # (ow, oh)
     narrow = float(np.median(ov.min(axis=1)))
-    radius = float(search_radius) if search_radius is not None else max(4.0, 0.5 * narrow)
+    radius = float(search_radius) if search_radius is not None else max(4.0, _RADIUS_FRACTION * narrow)
     scale = max(1, int(coarse_scale))
     while scale > 1 and narrow / scale < 24:
         scale //= 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,15 @@ def _unregistered(positions: np.ndarray):
     identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     return (Registration([], float("nan"), np.zeros(0), float("nan")),
             Solution(np.asarray(positions, float), {}, identity, [[k] for k in range(n)], []))
+
+
+def _in_frame(solution, positions: np.ndarray, stage_shift: np.ndarray):
+    """The solution with its positions replaced by `positions` (shifted) and the stage model
+    rewritten for stage positions moved by `stage_shift`, so the report uses one frame."""
+    model = np.array(solution.stage_model, dtype=float)
+    shift = solution.positions[0] - positions[0]  # what was subtracted from every solved position
+    model[:, 2] -= model[:, :2] @ stage_shift[0] + shift
+    return replace(solution, positions=positions, stage_model=model)
 
 
 def _register_builtin(collection: Collection, *, workers: int, show_progress: bool):
@@ -195,10 +204,13 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
                  "layout": collection.layout, "pixel_size_um": collection.pixel_size_um, "notes": notes,
                  "failed_positions": [{"folder": f.folder.name, "report": f.report} for f in collection.failed],
                  "focus": focus_rows, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-        write_report(tmp / REPORT, names=names, stage_positions=stage, solution=solution,
+        # Show stage positions in the mosaic's frame, so displacements exclude the one global shift.
+        stage_in_mosaic = stage + (positions - stage).mean(axis=0)
+        final = _in_frame(solution, positions, stage_in_mosaic - stage)
+        write_report(tmp / REPORT, names=names, stage_positions=stage_in_mosaic, solution=final,
                      registration=registration, extra=extra)
-        draw_layout(tmp / LAYOUT_PNG, stage_positions=stage, positions=positions, tile_shape=(h, w),
-                    links=registration.links, names=names)
+        draw_layout(tmp / LAYOUT_PNG, stage_positions=stage_in_mosaic, positions=positions, tile_shape=(h, w),
+                    links=registration.links, names=names, rejected_in_solve=solution.rejected_in_solve)
 
     replace_dir(build, out_dir)
     timings["fusion"] = time.perf_counter() - t0

@@ -16,7 +16,7 @@ from ofm_tiling.register import (
 from ofm_tiling.solve import solve
 
 TILE = (240, 320)          # (height, width)
-RADIUS = 55.0              # two tiles each off by up to 25 px: shifts differ by up to 50 px per axis
+RADIUS = None              # default: 3/4 of the 84 px overlap = 63 px >= the 50 px two tiles can differ by
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,8 @@ def test_deviation_bound_rejects_links_far_from_the_stage_prediction(tissue):
         assert not lk.accepted and "stage prediction" in lk.reason
     # The automatic bound stays inside the search window and above the coarse step.
     auto = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS)
-    assert 4 * auto.coarse_scale <= auto.max_deviation <= RADIUS * np.sqrt(2) + 1e-9
+    assert auto.search_radius == pytest.approx(0.75 * 0.35 * TILE[0])
+    assert 4 * auto.coarse_scale <= auto.max_deviation <= auto.search_radius * np.sqrt(2) + 1e-9
 
 
 def test_progress_reports_every_tile_decode(tissue):
