@@ -113,6 +113,28 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, *, width: int = 20
         im.save(tmp, format="JPEG", quality=quality, optimize=True)
 
 
+def _preview_from_spool(path: str | os.PathLike, spool: "_Spool", shape: tuple[int, int], *,
+                        quality: int = 85, rows: int = 256) -> None:
+    """Resize a spooled pyramid level to `shape` a block of output rows at a time.
+
+    Each block reads only the source rows it needs plus the Lanczos support, and resizes them with
+    a sub-pixel source box, so memory stays at the preview's own size and blocks join seamlessly.
+    """
+    height, width = shape
+    src_h, src_w = spool.shape
+    step = src_h / height  # source rows per preview row
+    margin = int(np.ceil(3 * step)) + 2
+    out = np.empty((height, width, 3), np.uint8)
+    for o0 in range(0, height, rows):
+        o1 = min(height, o0 + rows)
+        s0, s1 = o0 * step, o1 * step
+        r0, r1 = max(0, int(s0) - margin), min(src_h, int(np.ceil(s1)) + margin)
+        block = Image.fromarray(spool.read(r0, r1))
+        out[o0:o1] = np.asarray(block.resize((width, o1 - o0), Image.LANCZOS, box=(0, s0 - r0, src_w, s1 - r0)))
+    with atomic_path(path) as tmp:
+        Image.fromarray(out).save(tmp, format="JPEG", quality=quality, optimize=True)
+
+
 class _Spool:
     """A temporary uint8 (H, W, 3) image on disk, written and read in row ranges.
 
@@ -378,8 +400,7 @@ def write_ome_tiff(
                 raise
             tif.close()
             if preview_level is not None:
-                src = spools[preview_level]
-                write_preview(preview_path, src.read(0, src.shape[0]), width=preview_shape[1])
+                _preview_from_spool(preview_path, spools[preview_level], preview_shape)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OfmTilingError(folder, "cannot write here: the disk is full") from exc
