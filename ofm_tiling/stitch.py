@@ -147,7 +147,7 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
 
     t0 = time.perf_counter()
     collection = collect(root, out=use_dir, select=select, link=link, strict=strict, grid=grid,
-                         overlap=overlap, skip=(out_dir,), focus=focus)
+                         overlap=overlap, skip=(out_dir,), focus=focus, workers=workers)
     timings["collect"] = time.perf_counter() - t0
     notes = list(collection.notes)
     focus_rows = []
@@ -188,7 +188,7 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     shape = mosaic_shape(positions, collection.tile_shape)
 
     def build(tmp: Path) -> None:
-        if fiji_result is not None and fiji_result.fused is not None:
+        if fiji_result is not None:  # Fiji fused the mosaic; only merge its channels back to RGB
             fused_shape, bands = fiji_result.fused()
         else:
             paths = collection.paths
