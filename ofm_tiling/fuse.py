@@ -143,9 +143,9 @@ def fuse_bands(
 
     Notes
     -----
-    Memory is independent of the mosaic's height: decoded tiles (at most as many as the band
+    Overlap cells are blended on `workers` threads. Memory is independent of the mosaic's height: decoded tiles (at most as many as the band
     that needs the most at once, about two rows of tiles; the next row is decoded ahead within
-    that allowance), one band, and float32 scratch for 128 rows x tile width. Tiles are
+    that allowance), one band, and float32 scratch for 128 rows x tile width per thread. Tiles are
     released as soon as the bands pass their bottom edge.
     """
     off = _offsets(positions)
@@ -198,7 +198,10 @@ def _bands(read_tile, off, tile_shape, band_height, ramps, fill, workers, progre
             submitted += 1
 
     # 128 rows x tile width x 32 bytes: 13 MB for 8 MP tiles; taller overlap cells go in pieces.
-    scratch = None if ramps is None else _Scratch(min(band_height, height, 128), tw)
+    # One scratch per blending thread: overlap cells are blended on all cores.
+    scratches = None if ramps is None else [_Scratch(min(band_height, height, 128), tw) for _ in range(workers)]
+    blend_pool = None if ramps is None or workers < 2 else ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="ofm-tiling-blend")
     try:
         for y0 in range(0, height, band_height):
             y1 = min(y0 + band_height, height)
@@ -208,7 +211,7 @@ def _bands(read_tile, off, tile_shape, band_height, ramps, fill, workers, progre
             if ramps is None:
                 band = _nearest_band(tiles, off, tile_shape, y0, y1, width, fill)
             else:
-                band = _feather_band(tiles, off, tile_shape, ramps, y0, y1, width, fill, scratch)
+                band = _feather_band(tiles, off, tile_shape, ramps, y0, y1, width, fill, scratches, blend_pool)
             del tiles
             for i in [i for i in pending if off[i, 1] + th <= y1]:
                 del pending[i]  # the last reference: the decoded tile is freed here
@@ -221,6 +224,8 @@ def _bands(read_tile, off, tile_shape, band_height, ramps, fill, workers, progre
             f.cancel()
         pending.clear()
         pool.shutdown(wait=True, cancel_futures=True)
+        if blend_pool is not None:
+            blend_pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _cells(tiles, off, tile_shape, y0, y1, width):
@@ -259,14 +264,34 @@ class _Scratch:
         return (a[:rows, :cols] for a in (self.acc, self.prod, self.wsum, self.w))
 
 
-def _feather_band(tiles, off, tile_shape, ramps, y0, y1, width, fill, scratch):
-    wy, wx = ramps
+def _feather_band(tiles, off, tile_shape, ramps, y0, y1, width, fill, scratches, pool):
     band = np.full((y1 - y0, width, 3), fill, np.uint8)
+    overlaps = []
     for rows, cols, cover in _cells(tiles, off, tile_shape, y0, y1, width):
         if len(cover) == 1:
             tile, ty, tx = cover[0]
             band[rows, cols] = tile[ty, tx]  # one tile: its weight cancels out
-            continue
+        else:
+            overlaps.append((rows, cols, cover))
+    if pool is None or len(overlaps) < 2:
+        _blend_cells(band, overlaps, ramps, scratches[0])
+        return band
+    # Cells write to disjoint parts of the band: share them out by area, largest first.
+    groups = [[] for _ in scratches]
+    loads = [0] * len(scratches)
+    for cell in sorted(overlaps, key=lambda c: -(c[0].stop - c[0].start) * (c[1].stop - c[1].start)):
+        k = loads.index(min(loads))
+        groups[k].append(cell)
+        loads[k] += (cell[0].stop - cell[0].start) * (cell[1].stop - cell[1].start)
+    for future in [pool.submit(_blend_cells, band, g, ramps, sc) for g, sc in zip(groups, scratches) if g]:
+        future.result()
+    return band
+
+
+def _blend_cells(band, cells, ramps, scratch):
+    """Weighted mean of the tiles covering each cell, written into `band` (numpy releases the GIL)."""
+    wy, wx = ramps
+    for rows, cols, cover in cells:
         for r0 in range(rows.start, rows.stop, scratch.rows):  # cells taller than the scratch
             r1 = min(r0 + scratch.rows, rows.stop)
             acc, prod, wsum, w = scratch.views(r1 - r0, cols.stop - cols.start)
@@ -284,7 +309,6 @@ def _feather_band(tiles, off, tile_shape, ramps, y0, y1, width, fill, scratch):
             # adding 0.5 and truncating rounds to nearest without clipping.
             acc += 0.5
             band[r0:r1, cols] = acc
-    return band
 
 
 def _nearest_band(tiles, off, tile_shape, y0, y1, width, fill):
