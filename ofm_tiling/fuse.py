@@ -143,10 +143,11 @@ def fuse_bands(
 
     Notes
     -----
-    Overlap cells are blended on `workers` threads. Memory is independent of the mosaic's height: decoded tiles (at most as many as the band
-    that needs the most at once, about two rows of tiles; the next row is decoded ahead within
-    that allowance), one band, and float32 scratch for 128 rows x tile width per thread. Tiles are
-    released as soon as the bands pass their bottom edge.
+    Overlap cells are blended on `workers` threads. Memory is independent of the mosaic's
+    height: decoded tiles (at most as many as the band that needs the most at once, about two
+    rows of tiles; the next row is decoded ahead within that allowance), one band, and float32
+    scratch for 128 rows x tile width per thread. Tiles are released as soon as the bands pass
+    their bottom edge.
     """
     off = _offsets(positions)
     th, tw = _check_tile_shape(tile_shape)
