@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+from PIL import Image
+
+from .memory import release_free_memory
 
 __all__ = ["mosaic_shape", "fuse_bands"]
 
@@ -109,8 +113,8 @@ def fuse_bands(
     read_tile : callable
         ``read_tile(i)`` returns tile `i` as a uint8 array of shape ``(*tile_shape, 3)``. It is
         called once per tile, from `workers` threads at a time (so it must be thread-safe),
-        roughly in order of the tiles' top edges. Decoding with Pillow releases the GIL, so it
-        overlaps with blending.
+        roughly in order of the tiles' top edges. JPEG decoders release the GIL, so decoding
+        overlaps with blending (:func:`ofm_tiling.imageio.read_rgb` is the fastest here).
     positions : (N, 2) array_like
         Top-left corner of each tile as (x, y) = (column, row) in pixels, y down, in any frame.
         The minimum is shifted to 0 and positions are rounded to whole pixels.
@@ -129,7 +133,7 @@ def fuse_bands(
     fill : int, optional
         Value of pixels no tile covers (default 0, black).
     workers : int, optional
-        Threads decoding tiles ahead of the band being blended.
+        Threads decoding tiles ahead of the band being assembled, and threads assembling it.
     progress : callable, optional
         Called as ``progress(rows_done, total_rows)`` after each band.
 
@@ -143,11 +147,15 @@ def fuse_bands(
 
     Notes
     -----
-    Overlap cells are blended on `workers` threads. Memory is independent of the mosaic's
-    height: decoded tiles (at most as many as the band that needs the most at once, about two
-    rows of tiles; the next row is decoded ahead within that allowance), one band, and float32
-    scratch for 128 rows x tile width per thread. Tiles are released as soon as the bands pass
-    their bottom edge.
+    Each band is cut along every tile edge into cells covered by a fixed set of tiles; cells
+    with one tile are copied, overlap cells blended, in vertical stripes on `workers` threads.
+    Blending rounds to 8 bits at each tile of a cell, so an overlap differs from the exact
+    weighted mean by at most about half a grey level per covering tile.
+
+    Memory is independent of the mosaic's height: decoded tiles (at most as many as the band
+    that needs the most at once, about two rows of tiles; the next row is decoded ahead within
+    that allowance), one band, and the cell being blended on each thread. Tiles are released as
+    soon as the bands pass their bottom edge.
     """
     off = _offsets(positions)
     th, tw = _check_tile_shape(tile_shape)
@@ -162,7 +170,7 @@ def fuse_bands(
             across, down = _overlap_widths(off, (th, tw))
         else:
             across = down = float(feather_width)
-        ramps = (_ramp(th, down), _ramp(tw, across))
+        ramps = (_feather_ramp(th, down), _feather_ramp(tw, across))
     else:
         ramps = None
     return _bands(read_tile, off, (th, tw), int(band_height), ramps, int(fill), int(workers), progress)
@@ -198,24 +206,30 @@ def _bands(read_tile, off, tile_shape, band_height, ramps, fill, workers, progre
             pending[i] = pool.submit(_load, read_tile, i, tile_shape)
             submitted += 1
 
-    # 128 rows x tile width x 32 bytes: 13 MB for 8 MP tiles; taller overlap cells go in pieces.
-    # One scratch per blending thread: overlap cells are blended on all cores.
-    scratches = None if ramps is None else [_Scratch(min(band_height, height, 128), tw) for _ in range(workers)]
-    blend_pool = None if ramps is None or workers < 2 else ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="ofm-tiling-blend")
+    # Bands are assembled in vertical stripes on all cores: copies, blending and filling alike.
+    stripe_pool = None if workers < 2 else ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="ofm-tiling-fuse")
     try:
         for y0 in range(0, height, band_height):
             y1 = min(y0 + band_height, height)
             read_ahead(y1)
             # Released tiles ended above y0, so every pending tile starting above y1 is in the band.
             tiles = {i: f.result() for i, f in pending.items() if off[i, 1] < y1}
-            if ramps is None:
-                band = _nearest_band(tiles, off, tile_shape, y0, y1, width, fill)
+            band = np.empty((y1 - y0, width, 3), np.uint8)
+            jobs = [(band, tiles, off, tile_shape, ramps, y0, y1, xa, xb, fill)
+                    for xa, xb in _stripes(tiles, off, tw, width, 1 if stripe_pool is None else 2 * workers)]
+            if stripe_pool is None:
+                for job in jobs:
+                    _fill_stripe(*job)
             else:
-                band = _feather_band(tiles, off, tile_shape, ramps, y0, y1, width, fill, scratches, blend_pool)
-            del tiles
-            for i in [i for i in pending if off[i, 1] + th <= y1]:
+                for future in [stripe_pool.submit(_fill_stripe, *job) for job in jobs]:
+                    future.result()
+            del tiles, jobs
+            passed = [i for i in pending if off[i, 1] + th <= y1]
+            for i in passed:
                 del pending[i]  # the last reference: the decoded tile is freed here
+            if passed:
+                release_free_memory()  # so resident memory stays flat over a long scan
             read_ahead(y1)  # keep decoding while the consumer handles this band
             if progress is not None:
                 progress(y1, height)
@@ -225,109 +239,141 @@ def _bands(read_tile, off, tile_shape, band_height, ramps, fill, workers, progre
             f.cancel()
         pending.clear()
         pool.shutdown(wait=True, cancel_futures=True)
-        if blend_pool is not None:
-            blend_pool.shutdown(wait=True, cancel_futures=True)
+        if stripe_pool is not None:
+            stripe_pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _cells(tiles, off, tile_shape, y0, y1, width):
-    """Split the band y0:y1 along every tile edge into rectangles covered by a fixed set of tiles.
-
-    Yields ``(rows, cols, cover)``: slices into the band and, for each covering tile, ``(tile,
-    tile_rows, tile_cols)``. Most of a mosaic is covered by a single tile, which can then be
-    copied as is; only the overlaps need arithmetic.
-    """
-    th, tw = tile_shape
-    placed = [(tile, int(off[i, 0]), int(off[i, 1])) for i, tile in tiles.items()]
-    xs = sorted({0, width, *(ox for _, ox, _ in placed), *(ox + tw for _, ox, _ in placed)})
-    ys = sorted({y0, y1, *(min(max(oy, y0), y1) for _, _, oy in placed),
-                 *(min(max(oy + th, y0), y1) for _, _, oy in placed)})
-    for ya, yb in zip(ys[:-1], ys[1:]):
-        in_rows = [t for t in placed if t[2] <= ya and t[2] + th >= yb]
-        for xa, xb in zip(xs[:-1], xs[1:]):
-            cover = [(tile, slice(ya - oy, yb - oy), slice(xa - ox, xb - ox))
-                     for tile, ox, oy in in_rows if ox <= xa and ox + tw >= xb]
-            if cover:
-                yield slice(ya - y0, yb - y0), slice(xa, xb), cover
+def _stripes(tiles, off, tw: int, width: int, n: int) -> list[tuple[int, int]]:
+    """About `n` column ranges of similar width that cover ``0 .. width``, cut at tile edges so
+    that no overlap cell is split (a cut elsewhere would only add cells)."""
+    edges = np.unique([e for i in tiles for e in (int(off[i, 0]), int(off[i, 0]) + tw) if 0 < e < width])
+    cuts = [0]
+    for k in range(1, n):
+        if len(edges) == 0:
+            break
+        e = int(edges[np.argmin(np.abs(edges - k * width / n))])
+        if e > cuts[-1]:
+            cuts.append(e)
+    cuts.append(width)
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
-class _Scratch:
-    """float32 work arrays for (pieces of) overlap cells, allocated once: reusing them avoids
-    page-fault and allocator churn (fresh multi-MB arrays every cell fragment the heap)."""
-
-    def __init__(self, rows: int, cols: int):
-        self.rows = rows
-        self.acc = np.empty((rows, cols, 3), np.float32)
-        self.prod = np.empty((rows, cols, 3), np.float32)
-        self.wsum = np.empty((rows, cols), np.float32)
-        self.w = np.empty((rows, cols), np.float32)
-
-    def views(self, rows: int, cols: int):
-        return (a[:rows, :cols] for a in (self.acc, self.prod, self.wsum, self.w))
-
-
-def _feather_band(tiles, off, tile_shape, ramps, y0, y1, width, fill, scratches, pool):
-    band = np.full((y1 - y0, width, 3), fill, np.uint8)
-    overlaps = []
-    for rows, cols, cover in _cells(tiles, off, tile_shape, y0, y1, width):
+def _fill_stripe(band, tiles, off, tile_shape, ramps, y0, y1, xa, xb, fill):
+    """Write columns ``xa:xb`` of the band ``y0:y1``: fill, then each cell from its tiles."""
+    band[:, xa:xb] = fill
+    for rows, cols, cover in _cells(tiles, off, tile_shape, y0, y1, xa, xb):
         if len(cover) == 1:
             tile, ty, tx = cover[0]
             band[rows, cols] = tile[ty, tx]  # one tile: its weight cancels out
+        elif ramps is None:
+            _nearest_cell(band[rows, cols], cover, tile_shape)
         else:
-            overlaps.append((rows, cols, cover))
-    if pool is None or len(overlaps) < 2:
-        _blend_cells(band, overlaps, ramps, scratches[0])
-        return band
-    # Cells write to disjoint parts of the band: share them out by area, largest first.
-    groups = [[] for _ in scratches]
-    loads = [0] * len(scratches)
-    for cell in sorted(overlaps, key=lambda c: -(c[0].stop - c[0].start) * (c[1].stop - c[1].start)):
-        k = loads.index(min(loads))
-        groups[k].append(cell)
-        loads[k] += (cell[0].stop - cell[0].start) * (cell[1].stop - cell[1].start)
-    for future in [pool.submit(_blend_cells, band, g, ramps, sc) for g, sc in zip(groups, scratches) if g]:
-        future.result()
-    return band
+            band[rows, cols] = _blend_cell(cover, ramps)
 
 
-def _blend_cells(band, cells, ramps, scratch):
-    """Weighted mean of the tiles covering each cell, written into `band` (numpy releases the GIL)."""
-    wy, wx = ramps
-    for rows, cols, cover in cells:
-        for r0 in range(rows.start, rows.stop, scratch.rows):  # cells taller than the scratch
-            r1 = min(r0 + scratch.rows, rows.stop)
-            acc, prod, wsum, w = scratch.views(r1 - r0, cols.stop - cols.start)
-            for k, (tile, ty, tx) in enumerate(cover):
-                ty = slice(ty.start + r0 - rows.start, ty.start + r1 - rows.start)
-                np.multiply(wy[ty, None], wx[None, tx], out=w)
-                if k == 0:
-                    np.multiply(tile[ty, tx], w[..., None], out=acc)
-                    wsum[...] = w
-                else:
-                    acc += np.multiply(tile[ty, tx], w[..., None], out=prod)
-                    wsum += w
-            acc *= np.reciprocal(wsum, out=wsum)[..., None]  # weights are > 0 inside every tile
-            # A weighted mean of uint8 values stays within 0..255 up to float rounding, so
-            # adding 0.5 and truncating rounds to nearest without clipping.
-            acc += 0.5
-            band[r0:r1, cols] = acc
+def _cells(tiles, off, tile_shape, y0, y1, xa, xb):
+    """Split the band ``y0:y1``, columns ``xa:xb``, along every tile edge into rectangles covered
+    by a fixed set of tiles.
 
-
-def _nearest_band(tiles, off, tile_shape, y0, y1, width, fill):
+    Yields ``(rows, cols, cover)``: slices into the band and, for each covering tile in the order
+    of `tiles`, ``(tile, tile_rows, tile_cols)``. Most of a mosaic is covered by a single tile,
+    which can then be copied as is; only the overlaps need arithmetic.
+    """
     th, tw = tile_shape
-    band = np.full((y1 - y0, width, 3), fill, np.uint8)
-    for rows, cols, cover in _cells(tiles, off, tile_shape, y0, y1, width):
-        if len(cover) == 1:
-            tile, ty, tx = cover[0]
-            band[rows, cols] = tile[ty, tx]
-            continue
-        dst = band[rows, cols]
-        best = np.full(dst.shape[:2], np.inf, np.float32)  # squared distance to a tile centre
-        for tile, ty, tx in cover:
-            # Distances from pixel centres to the tile centre, in tile coordinates.
-            dy = (np.arange(ty.start, ty.stop) + 0.5 - th / 2) ** 2
-            dx = (np.arange(tx.start, tx.stop) + 0.5 - tw / 2) ** 2
-            d = (dy[:, None] + dx[None, :]).astype(np.float32)
-            closer = d < best  # strict: ties keep the earlier tile (higher up, then further left)
-            np.copyto(best, d, where=closer)  # copyto(where=) is much faster than boolean indexing
-            np.copyto(dst, tile[ty, tx], where=closer[..., None])
-    return band
+    placed = [(tile, int(off[i, 0]), int(off[i, 1])) for i, tile in tiles.items()
+              if off[i, 0] < xb and off[i, 0] + tw > xa]
+    xs = sorted({xa, xb, *(e for _, ox, _ in placed for e in (ox, ox + tw) if xa < e < xb)})
+    ys = sorted({y0, y1, *(e for _, _, oy in placed for e in (oy, oy + th) if y0 < e < y1)})
+    for ya, yb in zip(ys[:-1], ys[1:]):
+        in_rows = [t for t in placed if t[2] <= ya and t[2] + th >= yb]
+        for xc, xd in zip(xs[:-1], xs[1:]):
+            cover = [(tile, slice(ya - oy, yb - oy), slice(xc - ox, xd - ox))
+                     for tile, ox, oy in in_rows if ox <= xc and ox + tw >= xd]
+            if cover:
+                yield slice(ya - y0, yb - y0), slice(xc, xd), cover
+
+
+class _Ramp(NamedTuple):
+    """Feather weights along one tile axis, and the range ``lo:hi`` where they are exactly 1."""
+
+    w: np.ndarray
+    lo: int
+    hi: int
+
+
+def _feather_ramp(n: int, width: float) -> _Ramp:
+    w = _ramp(n, width)
+    ones = np.flatnonzero(w == 1)
+    return _Ramp(w, int(ones[0]), int(ones[-1]) + 1) if len(ones) else _Ramp(w, 0, 0)
+
+
+def _runs(spans: list[slice], ramp: _Ramp) -> list[tuple[int, int, bool]]:
+    """Split a cell's extent along one axis around the run where every covering tile's weight is
+    exactly 1 (contiguous: each tile is 1 on its interior). Yields ``(start, stop, flat)``, with
+    `flat` when no weight varies along this axis in the run (then the masks are 1-D)."""
+    n = spans[0].stop - spans[0].start
+    a, b = 0, n
+    for s in spans:
+        a, b = max(a, ramp.lo - s.start), min(b, ramp.hi - s.start)
+    if a >= b:
+        return [(0, n, n == 1)]
+    return [(s, e, (s, e) == (a, b) or e - s == 1) for s, e in ((0, a), (a, b), (b, n)) if e > s]
+
+
+def _inclusion_masks(ys: list[np.ndarray], xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Masks that blend tiles ``K-2 .. 0`` one by one over tile ``K-1`` into the weighted mean.
+
+    Tile `k` has weight ``ys[k][:, None] * xs[k][None, :]``. Pasting tile `k` with opacity
+    ``w_k / (w_k + ... + w_{K-1})`` over the blend of the tiles after it leaves the weighted mean
+    of tiles ``k .. K-1``, so after tile 0 it is the mean of all. Masks are uint8 (255 = opaque),
+    shaped like the broadcast weights: pass length-1 `ys` (or `xs`) where no weight varies.
+    """
+    w = [y[:, None] * x[None, :] for y, x in zip(ys, xs)]  # float32 throughout: the same values
+    total = w[-1]                                           # whichever way a cell is split
+    masks = [None] * (len(w) - 1)
+    for k in range(len(w) - 2, -1, -1):
+        total = total + w[k]
+        a = w[k] / total
+        a *= 255
+        a += 0.5
+        masks[k] = a.astype(np.uint8)
+    return masks
+
+
+def _blend_cell(cover, ramps) -> np.ndarray:
+    """Feathered weighted mean of the tiles covering one cell, as a uint8 array.
+
+    The cell is assembled in Pillow: the last covering tile, then the others pasted over it with
+    8-bit opacity masks (:func:`_inclusion_masks`). Pillow blends in one integer pass in C and
+    releases the GIL, several times faster than float arithmetic in numpy. Weights are products of
+    1-D ramps, and in most of an overlap all but one of them is 1 (a side overlap away from the
+    corners), so masks are mostly 1-D and cost next to nothing.
+    """
+    wy, wx = ramps
+    base, ty, tx = cover[-1]
+    cell = Image.fromarray(base[ty, tx])
+    for r0, r1, yflat in _runs([ty for _, ty, _ in cover], wy):
+        ys = [wy.w[ty.start + r0 : ty.start + (r0 + 1 if yflat else r1)] for _, ty, _ in cover]
+        for c0, c1, xflat in _runs([tx for _, _, tx in cover], wx):
+            xs = [wx.w[tx.start + c0 : tx.start + (c0 + 1 if xflat else c1)] for _, _, tx in cover]
+            masks = _inclusion_masks(ys, xs)
+            shape = (r1 - r0, c1 - c0)
+            for (tile, ty, tx), mask in reversed(list(zip(cover[:-1], masks))):  # K-2 .. 0
+                src = tile[ty.start + r0 : ty.start + r1, tx.start + c0 : tx.start + c1]
+                mask = np.ascontiguousarray(np.broadcast_to(mask, shape))
+                cell.paste(Image.fromarray(src), (c0, r0), Image.fromarray(mask))
+    return np.asarray(cell)
+
+
+def _nearest_cell(dst: np.ndarray, cover, tile_shape) -> None:
+    """Fill one cell with, at each pixel, the covering tile whose centre is nearest."""
+    th, tw = tile_shape
+    best = np.full(dst.shape[:2], np.inf, np.float32)  # squared distance to a tile centre
+    for tile, ty, tx in cover:
+        # Distances from pixel centres to the tile centre, in tile coordinates.
+        dy = (np.arange(ty.start, ty.stop) + 0.5 - th / 2) ** 2
+        dx = (np.arange(tx.start, tx.stop) + 0.5 - tw / 2) ** 2
+        d = (dy[:, None] + dx[None, :]).astype(np.float32)
+        closer = d < best  # strict: ties keep the earlier tile (higher up, then further left)
+        np.copyto(best, d, where=closer)  # copyto(where=) is much faster than boolean indexing
+        np.copyto(dst, tile[ty, tx], where=closer[..., None])

@@ -3,8 +3,9 @@
 Only pairs whose predicted overlap is meaningful are registered, and only on their predicted
 overlap strips widened by a search margin for the stage error. Each pair is matched coarse to fine:
 
-1. At reduced resolution (DCT-scaled JPEG decode) the band-passed strips are phase-correlated; the
-   strongest peaks inside the search window (wrap-around variants included) are each verified with
+1. At reduced resolution (1/8 for 8 MP tiles, else 1/4; block means of the tile's one full decode,
+   cheaper than a second, DCT-scaled decode because entropy decoding dominates either way) the
+   band-passed strips are phase-correlated; the strongest peaks inside the search window (wrap-around variants included) are each verified with
    a Pearson correlation on the overlap they imply, and the best one wins.
 2. The acceptance threshold is learned from the data: the same matching run on strips that cannot
    overlap (strip of one pair against the strip of a distant pair with the same geometry, or a
@@ -12,11 +13,14 @@ overlap strips widened by a search margin for the stage error. Each pair is matc
    one over the square root of the pixels compared, so the null is kept as
    ``correlation * sqrt(pixels)`` and each link needs the correlation that matches its own overlap
    (small corner overlaps need more); a shift far from the stage prediction is rejected too.
-3. Accepted pairs are refined at full resolution on a few textured patches of the overlap, in a
-   small window around the coarse result, with a quadratic fit of the correlation surface.
+3. Pairs are refined at full resolution on a few textured patches of the overlap, in a small
+   window around the coarse result, with a quadratic fit of the correlation surface; only the
+   refined shifts of accepted pairs are used.
 
-Tiles are decoded at most once per resolution and streamed: strips and patches are cut out as soon
-as a tile is decoded and the tile is dropped, so memory does not grow with the scan.
+Each tile is decoded once, at full resolution, and streamed: the coarse level is reduced from it,
+strips are cut out, and each link is matched and refined as soon as both its tiles are decoded
+(acceptance, which needs the whole scan's statistics, is decided afterwards). A tile is dropped
+once its last link has run, so memory holds about one row of tiles, whatever the scan's length.
 """
 from __future__ import annotations
 
@@ -31,12 +35,13 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from .errors import OfmTilingError
-from .imageio import read_gray
+from .imageio import read_luminance
 
 __all__ = [
     "TileImages", "JpegTiles", "ArrayTiles", "Link", "Registration",
@@ -54,12 +59,12 @@ class TileImages(Protocol):
     def __len__(self) -> int: ...
 
     def gray(self, i: int, scale: int = 1) -> np.ndarray:
-        """Tile `i` as float32, shape ``(ceil(h / scale), ceil(w / scale))``."""
+        """Tile `i` as a uint8 or float32 luminance array of shape ``(ceil(h / scale), ceil(w / scale))``."""
         ...
 
 
 class JpegTiles:
-    """Tiles read from image files with :func:`ofm_tiling.imageio.read_gray`.
+    """Tiles read from image files as uint8 luminance (:func:`ofm_tiling.imageio.read_luminance`).
 
     Reduced decodes use libjpeg's DCT scaling, so ``scale`` should be 1, 2, 4 or 8.
 
@@ -69,7 +74,7 @@ class JpegTiles:
         One file per tile, in the order of the positions.
     cache_size : int
         Number of decoded images kept (least recently used are dropped). Registration reads each
-        tile once per resolution; the cache serves callers that come back to a tile.
+        tile once; the cache serves callers that come back to a tile.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], *, cache_size: int = 2):
@@ -87,7 +92,7 @@ class JpegTiles:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        image = read_gray(self.paths[i], int(scale))
+        image = read_luminance(self.paths[i], int(scale))
         image.flags.writeable = False  # shared through the cache
         if self.cache_size > 0:
             with self._lock:
@@ -108,6 +113,15 @@ def _block_mean(image: np.ndarray, scale: int) -> np.ndarray:
         counts = counts[:, None] if axis == 0 else counts[None, :]
         out = (sums / counts).astype(np.float32)
     return out
+
+
+def _reduce(image: np.ndarray, scale: int) -> np.ndarray:
+    """`image` reduced `scale` times by block means, as float32 (size rounded up, like libjpeg)."""
+    if scale == 1:
+        return image.astype(np.float32, copy=False)
+    if image.dtype == np.uint8:  # Pillow's box reduction: the same means in C, without the GIL
+        return np.asarray(Image.fromarray(image).reduce(scale)).astype(np.float32)
+    return _block_mean(image, scale)
 
 
 class ArrayTiles:
@@ -589,7 +603,9 @@ def _stream(pool: ThreadPoolExecutor, order: Sequence[int], load: Callable[[int]
     """Run ``compute(u, *arrays)`` for every unit as soon as the arrays (keys) it needs are loaded.
 
     ``load(tile)`` returns ``{key: array}`` for the keys that tile provides. Arrays are released as
-    soon as no pending unit needs them.
+    soon as no pending unit needs them. The next tile is loaded only while fewer than
+    ``4 * ahead`` units are waiting to run, so decoding cannot race ahead of the computations
+    (each of which holds its arrays) and memory stays bounded however long the scan.
     """
     waiting = [len(set(keys)) for keys in units]
     users: dict[Any, list[int]] = defaultdict(list)
@@ -603,9 +619,13 @@ def _stream(pool: ThreadPoolExecutor, order: Sequence[int], load: Callable[[int]
     queue: deque = deque()
     tiles = iter(order)
 
+    running: deque = deque()
+
     def submit_next() -> None:
         k = next(tiles, None)
         if k is not None:
+            while len(running) >= 4 * max(1, ahead):
+                running.popleft().result()
             queue.append(pool.submit(load, k))
 
     for _ in range(max(1, ahead)):
@@ -622,6 +642,7 @@ def _stream(pool: ThreadPoolExecutor, order: Sequence[int], load: Callable[[int]
                 if waiting[u] == 0:
                     keys = units[u]
                     futures.append((u, pool.submit(compute, u, *[store[k] for k in keys])))
+                    running.append(futures[-1][1])
                     for k in set(keys):
                         refs[k] -= 1
                         if refs[k] == 0:
@@ -672,7 +693,7 @@ def register(
     min_overlap: float = 0.05,
     max_deviation: float | None = None,
     search_radius: float | None = None,
-    coarse_scale: int = 4,
+    coarse_scale: int | None = None,
     filter_sigma: float = 1.0,
     highpass_size: int = 9,
     n_peaks: int = 5,
@@ -704,9 +725,12 @@ def register(
     search_radius : float, optional
         How far (px, per axis) a shift may be from the stage prediction. Default: 3/4 of the median
         narrow side of the predicted overlaps (beyond that, little overlap would be left to compare).
-    coarse_scale : int
+    coarse_scale : int, optional
         Reduction for the coarse search (1, 2, 4 or 8); lowered automatically when the overlap
         strips would become narrower than 24 px. 1 registers at full resolution directly.
+        Default: 8 for tiles whose shorter side is at least 2048 px (8 MP camera images: the
+        coarse level is then ~300 px high, plenty of tissue texture, at a quarter of the cost of
+        1/4 scale), else 4.
     filter_sigma, highpass_size : float, int
         Band-pass before correlating: Gaussian sigma (px) and the size (px) of the box whose mean
         is subtracted at the coarse level (twice that at full resolution).
@@ -747,7 +771,7 @@ def register(
     ov = np.array([w, h]) - np.abs(pred)                                   # (ow, oh)
     narrow = float(np.median(ov.min(axis=1)))
     radius = float(search_radius) if search_radius is not None else max(4.0, _RADIUS_FRACTION * narrow)
-    scale = max(1, int(coarse_scale))
+    scale = max(1, int(coarse_scale)) if coarse_scale is not None else (8 if min(h, w) >= 2048 else 4)
     while scale > 1 and narrow / scale < 24:
         scale //= 2
     shape_c = (-(-h // scale), -(-w // scale))
@@ -755,13 +779,14 @@ def register(
     geoms = [_pair_geometry(p[::-1] / scale, shape_c, radius / scale, 0.25) for p in pred]
     paths = getattr(tiles, "paths", None)
 
-    # Work units of the coarse pass: links, then null comparisons.
-    units: list[tuple] = [(("i", p), ("j", p)) for p in range(len(pairs_list))]
+    # Work units: links, then null comparisons (coarse only).
+    n_links = len(pairs_list)
+    units: list[tuple] = [(("i", p), ("j", p)) for p in range(n_links)]
     null_specs: list[tuple[int, int, int]] = []   # (p, q, flip) ; flip 0: none
     for p, q in _choose_null_partners(pair_arr, pos, (h, w), radius, n_null):
         null_specs.append((p, q, 0))
     # Too small a scan for distant strips: flipped strips have the same statistics and no overlap.
-    flipped = [(p, p, f) for f in (1, 2, 3) for p in range(len(pairs_list))]
+    flipped = [(p, p, f) for f in (1, 2, 3) for p in range(n_links)]
     null_specs += flipped[:max(0, 32 - len(null_specs))]
     units += [(("i", p), ("j", q)) for p, q, _ in null_specs]
 
@@ -770,26 +795,30 @@ def register(
         tile_keys[i].append(("i", p))
         tile_keys[j].append(("j", p))
     order = sorted(tile_keys)
-    reporter = _Progress(progress, len(order) * (2 if scale > 1 else 1))
+    refine = scale > 1
+    if refine:  # link units also hold both full-resolution tiles, to refine while they are decoded
+        units[:n_links] = [keys + (("full", i), ("full", j)) for keys, (i, j) in zip(units, pairs_list)]
+    reporter = _Progress(progress, len(order))
 
-    def check(k: int, img: np.ndarray, s: int) -> None:
-        want = (-(-h // s), -(-w // s))
-        if img.shape != want:
+    def load(k: int) -> dict:
+        # One decode per tile: the coarse level is reduced from it, and the tile itself stays (as
+        # decoded, uint8 for JPEGs) until the links that refine on it have run.
+        full = tiles.gray(k, 1)
+        want = (h, w)
+        if full.shape != want:
             raise OfmTilingError(paths[k] if paths else None,
-                                 f"tile {k} is {img.shape[1]}x{img.shape[0]} px at 1/{s} scale, "
-                                 f"expected {want[1]}x{want[0]} (all tiles must have the same size)")
+                                 f"tile {k} is {full.shape[1]}x{full.shape[0]} px, expected "
+                                 f"{want[1]}x{want[0]} (all tiles must have the same size)")
+        filt = bandpass(_reduce(full, scale), filter_sigma, highpass_size)
+        out = {key: filt[geoms[key[1]].rect_i if key[0] == "i" else geoms[key[1]].rect_j].copy()
+               for key in tile_keys[k]}
+        if refine:
+            out[("full", k)] = full
+        return out
 
-    def load_coarse(k: int) -> dict:
-        img = tiles.gray(k, scale)
-        check(k, img, scale)
-        filt = bandpass(img, filter_sigma, highpass_size)
-        return {key: filt[geoms[key[1]].rect_i if key[0] == "i" else geoms[key[1]].rect_j].copy()
-                for key in tile_keys[k]}
-
-    n_links = len(pairs_list)
     flips = {1: lambda b: b[::-1, ::-1], 2: lambda b: b[::-1], 3: lambda b: b[:, ::-1]}
 
-    def compute_coarse(u: int, a: np.ndarray, b: np.ndarray):
+    def compute(u: int, a: np.ndarray, b: np.ndarray, *full: np.ndarray):
         if u >= n_links:
             p, _, flip = null_specs[u - n_links]
             if flip:
@@ -798,66 +827,65 @@ def register(
         g = geoms[u]
         c, r, n = _match(a, b, g, n_peaks)
         if c is None:
-            return None, r, n, None
-        if scale == 1:  # no coarse level: refine in place on the strips
+            return None, r, n, None, None
+        if not refine:  # no coarse level: refine in place on the strips
             sub, _, edge = _climb(lambda cc: _pooled_ncc([a], [b], cc), c, g.lo, g.hi)
-            return (g.base - sub if not edge else g.base - np.array(c, float)), r, n, None
+            return (g.base - sub if not edge else g.base - np.array(c, float)), r, n, None, None
+        # Refined now, accepted or not: cheaper than decoding the tiles again once acceptance is
+        # known (the threshold needs every link's coarse correlation first).
         plan = _plan_patches(a, b, g, c, scale, (h, w), r_fine, refine_patch, refine_patches)
-        return (g.base - np.array(c)) * float(scale), r, n, plan
+        fine = None if plan is None else _refine(*full, plan, r_fine, filter_sigma, 2 * highpass_size)
+        return (g.base - np.array(c)) * float(scale), r, n, plan, fine
 
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        results = _stream(pool, order, load_coarse, units, compute_coarse, max(1, workers) + 1,
-                          reporter.advance)
-        coarse = results[:n_links]
-        null = np.array([v for v in results[n_links:] if np.isfinite(v[0])], float).reshape(-1, 2)
-        null_corr, null_sig = null[:, 0], null[:, 0] * np.sqrt(null[:, 1])
+        results = _stream(pool, order, load, units, compute, max(1, workers) + 1, reporter.advance)
+    coarse = results[:n_links]
+    null = np.array([v for v in results[n_links:] if np.isfinite(v[0])], float).reshape(-1, 2)
+    null_corr, null_sig = null[:, 0], null[:, 0] * np.sqrt(null[:, 1])
 
-        shift_rc = np.full((n_links, 2), np.nan)
-        corr = np.full(n_links, np.nan)
-        compared = np.zeros(n_links)
-        for p, res in enumerate(coarse):
-            corr[p], compared[p] = res[1], res[2]
-            if res[0] is not None:
-                shift_rc[p] = res[0]
-        # Chance correlations shrink like 1/sqrt(pixels compared), so the null is learned on
-        # r * sqrt(n) (one threshold fits side and corner overlaps alike) and turned back into the
-        # correlation each link needs for its own overlap; min_correlation is a floor on top.
-        sig_threshold = float(np.quantile(null_sig, null_quantile)) if len(null_sig) else 0.0
-        needed = np.maximum(min_correlation, sig_threshold / np.sqrt(np.maximum(compared, 1)))
-        threshold = float(np.median(needed))
-        measured = shift_rc[:, ::-1]                                       # (dx, dy)
-        confident = np.isfinite(corr) & (corr >= needed)
-        low = max(4.0 * scale, 0.01 * max(h, w))
-        high = radius * math.sqrt(2)
-        if max_deviation is None:
-            max_dev, m = _auto_max_deviation(pred[confident], measured[confident], low=low, high=high)
-        else:
-            _, m = _auto_max_deviation(pred[confident], measured[confident], low=0.0, high=np.inf)
-            max_dev = float(max_deviation)
-        deviation = np.linalg.norm(measured - pred - pred @ m.T, axis=1)
+    shift_rc = np.full((n_links, 2), np.nan)
+    corr = np.full(n_links, np.nan)
+    compared = np.zeros(n_links)
+    for p, res in enumerate(coarse):
+        corr[p], compared[p] = res[1], res[2]
+        if res[0] is not None:
+            shift_rc[p] = res[0]
+    # Chance correlations shrink like 1/sqrt(pixels compared), so the null is learned on
+    # r * sqrt(n) (one threshold fits side and corner overlaps alike) and turned back into the
+    # correlation each link needs for its own overlap; min_correlation is a floor on top.
+    sig_threshold = float(np.quantile(null_sig, null_quantile)) if len(null_sig) else 0.0
+    needed = np.maximum(min_correlation, sig_threshold / np.sqrt(np.maximum(compared, 1)))
+    threshold = float(np.median(needed))
+    measured = shift_rc[:, ::-1]                                       # (dx, dy)
+    confident = np.isfinite(corr) & (corr >= needed)
+    low = max(4.0 * scale, 0.01 * max(h, w))
+    high = radius * math.sqrt(2)
+    if max_deviation is None:
+        max_dev, m = _auto_max_deviation(pred[confident], measured[confident], low=low, high=high)
+    else:
+        _, m = _auto_max_deviation(pred[confident], measured[confident], low=0.0, high=np.inf)
+        max_dev = float(max_deviation)
+    deviation = np.linalg.norm(measured - pred - pred @ m.T, axis=1)
 
-        reasons = [""] * n_links
-        for p in range(n_links):
-            if not np.isfinite(corr[p]) or not np.isfinite(deviation[p]):
-                reasons[p] = "no overlap left to compare"
-            elif corr[p] < needed[p]:
-                reasons[p] = (f"correlation {corr[p]:.3f} below the {needed[p]:.3f} needed for chance "
-                              f"not to explain it ({int(compared[p])} px compared)")
-            elif deviation[p] > max_dev:
-                reasons[p] = f"{deviation[p]:.1f} px from the stage prediction (limit {max_dev:.1f} px)"
-            elif scale > 1 and coarse[p][3] is None:
-                reasons[p] = "overlap too small to refine"
+    reasons = [""] * n_links
+    for p in range(n_links):
+        if not np.isfinite(corr[p]) or not np.isfinite(deviation[p]):
+            reasons[p] = "no overlap left to compare"
+        elif corr[p] < needed[p]:
+            reasons[p] = (f"correlation {corr[p]:.3f} below the {needed[p]:.3f} needed for chance "
+                          f"not to explain it ({int(compared[p])} px compared)")
+        elif deviation[p] > max_dev:
+            reasons[p] = f"{deviation[p]:.1f} px from the stage prediction (limit {max_dev:.1f} px)"
+        elif scale > 1 and coarse[p][3] is None:
+            reasons[p] = "overlap too small to refine"
 
-        fine_corr = np.full(n_links, np.nan)
-        if scale > 1:
-            todo = [p for p in range(n_links) if not reasons[p]]
-            refined = _refine(pool, tiles, todo, pairs_list, coarse, (h, w), r_fine, filter_sigma,
-                              2 * highpass_size, workers, reporter, check, len(order))
-            for p, res in zip(todo, refined):
-                if res is None:
-                    reasons[p] = "refinement at full resolution found no clear peak"
-                else:
-                    shift_rc[p], fine_corr[p] = res
+    fine_corr = np.full(n_links, np.nan)
+    for p in range(n_links):
+        if refine and not reasons[p]:
+            if coarse[p][4] is None:
+                reasons[p] = "refinement at full resolution found no clear peak"
+            else:
+                shift_rc[p], fine_corr[p] = coarse[p][4]
 
     links = []
     for p, (i, j) in enumerate(pairs_list):
@@ -870,55 +898,29 @@ def register(
                         sig_threshold)
 
 
-def _refine(pool, tiles, todo, pairs_list, coarse, tile_shape, r, sigma, box, workers, reporter, check,
-            n_tiles) -> list:
-    """Full-resolution refinement of the links in `todo` around their coarse shifts."""
-    h, w = tile_shape
-    tile_keys: dict[int, list] = defaultdict(list)
-    units = []
+def _refine(full_i: np.ndarray, full_j: np.ndarray, plan, r: int, sigma: float, box: int):
+    """Full-resolution shift of a link near its coarse result, or None without a clear peak.
+
+    `plan` comes from :func:`_plan_patches`; each patch of tile i is compared with every window
+    of tile j within `r` px of the coarse shift, and the pooled correlation surface is fitted to
+    sub-pixel precision.
+    """
+    h, w = full_i.shape
+    shift, cores, (ph, pw) = plan
     border = int(math.ceil(2 * sigma)) + box // 2 + 1     # filter support, so patches filter cleanly
-    for u, p in enumerate(todo):
-        i, j = pairs_list[p]
-        shift, cores, _ = coarse[p][3]
-        keys = []
-        for k in range(len(cores)):
-            tile_keys[i].append(("a", u, k))
-            tile_keys[j].append(("b", u, k))
-            keys += [("a", u, k), ("b", u, k)]
-        units.append(tuple(keys))
-    order = sorted(tile_keys)
-    reporter.advance(n_tiles - len(order))  # tiles without accepted links are never decoded in full
-
-    def load(t: int) -> dict:
-        img = tiles.gray(t, 1)
-        check(t, img, 1)
-        out = {}
-        for kind, u, k in tile_keys[t]:
-            shift, cores, (ph, pw) = coarse[todo[u]][3]
-            y, x = cores[k]
-            extra = border
-            if kind == "b":                    # B carries the search margin around the shifted core
-                y, x, extra = y - shift[0], x - shift[1], border + r
-            y0, x0 = max(0, y - extra), max(0, x - extra)
-            y1, x1 = min(h, y + ph + extra), min(w, x + pw + extra)
-            out[(kind, u, k)] = (img[y0:y1, x0:x1].copy(), (y - y0, x - x0))
-        return out
-
-    def compute(u: int, *arrays):
-        _, _, (ph, pw) = coarse[todo[u]][3]
-        num = saa = 0.0
-        sbb = 0.0
-        for (ra, (ay, ax)), (rb, (by, bx)) in zip(arrays[0::2], arrays[1::2]):
-            a = bandpass(ra, sigma, box)[ay:ay + ph, ax:ax + pw]
-            b = bandpass(rb, sigma, box)[by - r:by + ph + r, bx - r:bx + pw + r]
-            c_ab, c_aa, c_bb = _ncc_surface(a, b, r)
-            num, saa, sbb = num + c_ab, saa + c_aa, sbb + c_bb
-        ncc = num / np.sqrt(np.maximum(saa * sbb, 1e-30))
-        y, x = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-        if y in (0, 2 * r) or x in (0, 2 * r) or not np.isfinite(ncc[y, x]):
-            return None     # the best match is not inside the window: coarse and fine disagree
-        oy, ox = _quadratic_peak(ncc[y - 1:y + 2, x - 1:x + 2])
-        shift = np.asarray(coarse[todo[u]][3][0], float)
-        return shift - (np.array([y - r + oy, x - r + ox])), float(ncc[y, x])
-
-    return _stream(pool, order, load, units, compute, max(1, workers) + 1, reporter.advance)
+    num = saa = sbb = 0.0
+    for y, x in cores:
+        pieces = []
+        for img, (cy, cx), extra in ((full_i, (y, x), border), (full_j, (y - shift[0], x - shift[1]), border + r)):
+            y0, x0 = max(0, cy - extra), max(0, cx - extra)
+            y1, x1 = min(h, cy + ph + extra), min(w, cx + pw + extra)
+            pieces.append((bandpass(img[y0:y1, x0:x1], sigma, box), cy - y0, cx - x0))
+        (fa, ay, ax), (fb, by, bx) = pieces
+        c_ab, c_aa, c_bb = _ncc_surface(fa[ay:ay + ph, ax:ax + pw], fb[by - r:by + ph + r, bx - r:bx + pw + r], r)
+        num, saa, sbb = num + c_ab, saa + c_aa, sbb + c_bb
+    ncc = num / np.sqrt(np.maximum(saa * sbb, 1e-30))
+    y, x = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    if y in (0, 2 * r) or x in (0, 2 * r) or not np.isfinite(ncc[y, x]):
+        return None     # the best match is not inside the window: coarse and fine disagree
+    oy, ox = _quadratic_peak(ncc[y - 1:y + 2, x - 1:x + 2])
+    return np.asarray(shift, float) - np.array([y - r + oy, x - r + ox]), float(ncc[y, x])

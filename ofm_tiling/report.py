@@ -322,15 +322,15 @@ def draw_layout(
             linked[lk.i] = linked[lk.j] = True
 
     image = Image.new("RGB", (width, height), "white")
-    overlay = Image.new("RGBA", (width, height), (0, 0, 0, 0))
-    odraw = ImageDraw.Draw(overlay)
+    draw = ImageDraw.Draw(image)
+    # Light tile fills: the colours as seen through white (a later tile covers an earlier one),
+    # drawn opaque, which needs no full-size RGBA overlay to composite (5 image copies for tall scans).
+    fills = [tuple(round((c * alpha + 255 * (255 - alpha)) / 255) for c in rgb)
+             for rgb, alpha in (((120, 150, 200), 28), ((240, 130, 0), 40))]
     for k in range(n):
         a = to_px(pos[k])
         b = a + np.array([tw, th]) * scale
-        fill = (240, 130, 0, 40) if not linked[k] else (120, 150, 200, 28)
-        odraw.rectangle([tuple(a), tuple(b)], fill=fill)
-    image.paste(Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB"))
-    draw = ImageDraw.Draw(image)
+        draw.rectangle([tuple(a), tuple(b)], fill=fills[0] if linked[k] else fills[1])
     line_w = max(1, int(round(min(tw, th) * scale / 60)))
     for k in range(n):
         a = to_px(pos[k])

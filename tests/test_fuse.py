@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 import pytest
 
-from ofm_tiling.fuse import _overlap_widths, fuse_bands, mosaic_shape
+from ofm_tiling.fuse import _overlap_widths, _ramp, fuse_bands, mosaic_shape
 
 TILE = (400, 520)  # (height, width)
 
@@ -107,6 +107,39 @@ def test_noisy_tiles_psnr_and_single_cover_exact(source):
     # Overlaps average independent noise, so they are closer to the truth than single tiles.
     err = np.abs(fused.astype(float) - truth).mean(axis=2)
     assert err[count >= 2].mean() < err[count == 1].mean()
+
+
+def _exact_feather(tiles, positions, shape=TILE) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted mean fuse_bands approximates, in float64: same ramps, no rounding."""
+    off = (positions - positions.min(0)).astype(int)
+    h, w = mosaic_shape(positions, shape)
+    across, down = _overlap_widths(off, shape)
+    wy, wx = _ramp(shape[0], down).astype(float), _ramp(shape[1], across).astype(float)
+    num, den = np.zeros((h, w, 3)), np.zeros((h, w))
+    for tile, (x, y) in zip(tiles, off):
+        weight = wy[:, None] * wx[None, :]
+        num[y : y + shape[0], x : x + shape[1]] += weight[..., None] * tile
+        den[y : y + shape[0], x : x + shape[1]] += weight
+    covered = den > 0
+    return num[covered] / den[covered][:, None], covered
+
+
+@pytest.mark.parametrize("band_height", [512, 37])
+def test_feather_is_the_weighted_mean_to_within_rounding(source, band_height):
+    """Overlaps (up to four tiles at the corners) are the exact feathered mean, up to the 8-bit
+    rounding of each tile blended in: never more than about half a grey level per tile."""
+    pos = _grid(3, 3, jitter=12, seed=5)
+    rng = np.random.default_rng(5)
+    tiles = [np.clip(t * g, 0, 255).astype(np.uint8) for t, g in zip(_cut(source, pos), rng.uniform(0.7, 1.3, 9))]
+    exact, covered = _exact_feather(tiles, pos)
+    fused = _fuse(tiles, pos, band_height=band_height, workers=2)[covered].astype(float)
+    count = _coverage(pos - pos.min(0), covered.shape)[covered]
+    assert (count == 4).sum() > 10_000  # corners where four tiles meet are exercised
+    err = np.abs(fused - exact)
+    print(f"deviation from the exact weighted mean: max {err.max():.2f}, mean {err.mean():.3f} grey levels")
+    assert err.max() <= 2.0 and err.mean() < 0.1
+    assert err[count == 1].max() < 1e-9  # single cover: the tile's own pixels (up to float division)
+    assert err[count == 2].max() <= 1.0
 
 
 def test_feathering_hides_a_gain_step():
