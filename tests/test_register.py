@@ -147,6 +147,26 @@ def test_textured_scan_is_registered_to_subpixel_accuracy(tissue, tmp_path):
     assert placement_errors(stage, truth, np.arange(len(stage))).max() > 10
 
 
+def test_each_tile_is_decoded_once(tissue):
+    """The coarse level is reduced from the full-resolution decode that refinement needs anyway."""
+    tiles, stage, truth = make_scan(tissue, 3, 3, seed=4)
+
+    class Counting(ArrayTiles):
+        calls: list = []
+
+        def gray(self, i, scale=1):
+            self.calls.append((i, scale))
+            return super().gray(i, scale)
+
+    source = Counting(tiles)
+    reg = register(source, stage, tile_shape=TILE, search_radius=RADIUS)
+    assert reg.coarse_scale > 1
+    assert sorted(source.calls) == [(k, 1) for k in range(len(tiles))]
+    sol = solve(stage, reg.links)
+    err = placement_errors(sol.positions, truth, np.arange(len(stage)))
+    assert np.median(err) <= 0.3 and err.max() <= 1.0
+
+
 def test_full_resolution_path_is_as_accurate(tissue):
     tiles, stage, truth = make_scan(tissue, 4, 4, seed=2)
     reg = register(ArrayTiles(tiles), stage, tile_shape=TILE, search_radius=RADIUS, coarse_scale=1,

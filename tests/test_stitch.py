@@ -63,6 +63,21 @@ def test_accuracy_with_blank_tiles(copy_scan):
         assert im.width >= 800 and len(np.unique(np.asarray(im.convert("L")))) > 10
 
 
+def test_camera_sized_tiles_take_the_eighth_scale_route(scans, tmp_path):
+    """8 MP tiles, as the OFM camera saves them: coarse search at 1/8, refined at full resolution."""
+    scan, truth = scans("8mp", grid=(3, 2), tile_size=(3280, 2464), planes=1, source="procedural",
+                        stage_error_px=25.0, workers=2)
+    result = stitch(scan, out=tmp_path / "out", use=tmp_path / "use", check_focus=False)
+    report = json.loads(result.report.read_text())
+    assert report["thresholds"]["coarse_scale"] == 8
+    assert all(link["accepted"] for link in report["links"])
+    truth_xy = truth.true_xy_array()
+    err = errors_vs_truth(result.positions, truth_xy, np.ones(len(truth_xy), bool))
+    stage_err = errors_vs_truth(result.collection.positions, truth_xy, np.ones(len(truth_xy), bool))
+    print(f"8 MP tiles: error median {np.median(err):.3f} px, max {err.max():.3f} px (stage {stage_err.max():.1f} px)")
+    assert np.median(err) <= 0.3 and err.max() <= 1.0 and stage_err.max() > 10
+
+
 def test_two_groups_joined_only_through_blank_tiles(copy_scan):
     # The middle column is glass: nothing links the left two columns to the right two.
     blank = (2, 7, 12)
