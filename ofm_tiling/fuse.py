@@ -309,7 +309,7 @@ def _feather_ramp(n: int, width: float) -> _Ramp:
 
 def _runs(spans: list[slice], ramp: _Ramp) -> list[tuple[int, int, bool]]:
     """Split a cell's extent along one axis around the run where every covering tile's weight is
-    exactly 1 (contiguous: each tile is 1 on its interior). Yields ``(start, stop, flat)``, with
+    exactly 1 (contiguous: each tile is 1 on its interior). Returns ``(start, stop, flat)``, with
     `flat` when no weight varies along this axis in the run (then the masks are 1-D)."""
     n = spans[0].stop - spans[0].start
     a, b = 0, n

@@ -65,13 +65,18 @@ def _open(path: str | os.PathLike, mode: str, scale: int) -> Image.Image:
     return im
 
 
-def read_rgb(path: str | os.PathLike, scale: int = 1) -> np.ndarray:
-    """Decode an image as an (H, W, 3) uint8 array, optionally reduced by `scale` (1, 2, 4, 8)."""
+def _read(path: str | os.PathLike, mode: str, scale: int) -> np.ndarray:
+    """Full size through libjpeg-turbo when it can, else (and for reduced sizes) through Pillow."""
     if int(scale) == 1:
-        image = _decode_jpeg(path, "RGB")
+        image = _decode_jpeg(path, {"RGB": "RGB", "L": "GRAY"}[mode])
         if image is not None:
             return image
-    return np.asarray(_open(path, "RGB", scale))
+    return np.asarray(_open(path, mode, int(scale)))
+
+
+def read_rgb(path: str | os.PathLike, scale: int = 1) -> np.ndarray:
+    """Decode an image as an (H, W, 3) uint8 array, optionally reduced by `scale` (1, 2, 4, 8)."""
+    return _read(path, "RGB", scale)
 
 
 def read_luminance(path: str | os.PathLike, scale: int = 1) -> np.ndarray:
@@ -82,11 +87,7 @@ def read_luminance(path: str | os.PathLike, scale: int = 1) -> np.ndarray:
     ``ceil(W / scale) x ceil(H / scale)``, which is what libjpeg's DCT scaling returns, so positions
     scale exactly by `scale`.
     """
-    if int(scale) == 1:
-        image = _decode_jpeg(path, "GRAY")
-        if image is not None:
-            return image
-    return np.asarray(_open(path, "L", int(scale)))
+    return _read(path, "L", scale)
 
 
 def read_gray(path: str | os.PathLike, scale: int = 1) -> np.ndarray:

@@ -5,8 +5,9 @@ overlap strips widened by a search margin for the stage error. Each pair is matc
 
 1. At reduced resolution (1/8 for 8 MP tiles, else 1/4; block means of the tile's one full decode,
    cheaper than a second, DCT-scaled decode because entropy decoding dominates either way) the
-   band-passed strips are phase-correlated; the strongest peaks inside the search window (wrap-around variants included) are each verified with
-   a Pearson correlation on the overlap they imply, and the best one wins.
+   band-passed strips are phase-correlated; the strongest peaks inside the search window
+   (wrap-around variants included) are each verified with a Pearson correlation on the overlap
+   they imply, and the best one wins.
 2. The acceptance threshold is learned from the data: the same matching run on strips that cannot
    overlap (strip of one pair against the strip of a distant pair with the same geometry, or a
    flipped strip) gives a null distribution of chance correlations. Chance correlations shrink like
@@ -876,16 +877,15 @@ def register(
                           f"not to explain it ({int(compared[p])} px compared)")
         elif deviation[p] > max_dev:
             reasons[p] = f"{deviation[p]:.1f} px from the stage prediction (limit {max_dev:.1f} px)"
-        elif scale > 1 and coarse[p][3] is None:
+        elif refine and coarse[p][3] is None:
             reasons[p] = "overlap too small to refine"
+        elif refine and coarse[p][4] is None:
+            reasons[p] = "refinement at full resolution found no clear peak"
 
     fine_corr = np.full(n_links, np.nan)
     for p in range(n_links):
         if refine and not reasons[p]:
-            if coarse[p][4] is None:
-                reasons[p] = "refinement at full resolution found no clear peak"
-            else:
-                shift_rc[p], fine_corr[p] = coarse[p][4]
+            shift_rc[p], fine_corr[p] = coarse[p][4]
 
     links = []
     for p, (i, j) in enumerate(pairs_list):

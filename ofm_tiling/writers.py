@@ -199,7 +199,7 @@ def _halve(block: np.ndarray, pool: ThreadPoolExecutor | None = None, pieces: in
     """2x smaller by the rounded mean of each 2x2 block, in `pieces` column ranges on `pool`."""
     h, w = block.shape[:2]
     out = np.empty(((h + 1) // 2, (w + 1) // 2, 3), np.uint8)
-    step = max(2, -(-w // max(1, pieces)) + 1) // 2 * 2  # even, so pieces meet on 2x2 boundaries
+    step = 2 * -(-w // (2 * max(1, pieces)))  # even, so pieces meet on 2x2 boundaries
     parts = [(block[:, x0 : x0 + step], out[:, x0 // 2 : (x0 + step) // 2]) for x0 in range(0, w, step)]
     if pool is None or len(parts) == 1:
         for part in parts:
