@@ -43,6 +43,7 @@ from scipy.spatial import cKDTree
 
 from .errors import OfmTilingError
 from .imageio import read_luminance
+from .placement import Link
 
 __all__ = [
     "TileImages", "JpegTiles", "ArrayTiles", "Link", "Registration",
@@ -154,30 +155,6 @@ class ArrayTiles:
 
 # --------------------------------------------------------------------------------------------
 # Results
-
-
-@dataclass
-class Link:
-    """The measured relation between two overlapping tiles.
-
-    Shifts are ``position[j] - position[i]`` as ``(dx, dy)`` in full-resolution pixels.
-    `correlation` is the Pearson correlation of the band-passed overlap at the registration
-    resolution; `threshold` is the correlation this link needed to be accepted (it depends on how
-    many pixels were compared, see :class:`Registration`); `fine_correlation` is the correlation at
-    full resolution on the refinement patches (NaN when not refined). `overlap` is the predicted
-    overlap ``(width, height)`` in pixels.
-    """
-
-    i: int
-    j: int
-    predicted: tuple[float, float]
-    shift: tuple[float, float] | None
-    correlation: float
-    accepted: bool
-    reason: str
-    overlap: tuple[int, int]
-    fine_correlation: float = float("nan")
-    threshold: float = float("nan")
 
 
 @dataclass

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OfmTilingError
+from .files import MARKER
 from .metadata import HeaderError, ImageMetadata, read_metadata
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
-#: Every folder ofm-tiling writes holds this file, so later runs never read it as a position.
-MARKER = ".ofm-tiling"
 OWN_OUTPUT = "written by ofm-tiling"  # why a folder holding MARKER is passed over
 
 

