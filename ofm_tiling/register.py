@@ -43,7 +43,7 @@ from scipy.spatial import cKDTree
 
 from .errors import OfmTilingError
 from .imageio import read_luminance
-from .placement import Link
+from .placement import Criteria, Link
 
 __all__ = [
     "TileImages", "JpegTiles", "ArrayTiles", "Link", "Registration",
@@ -198,6 +198,12 @@ class Registration:
     stage_correction: np.ndarray = field(default_factory=lambda: np.zeros((2, 2)))
     null_significance: np.ndarray = field(default_factory=lambda: np.zeros(0))
     significance_threshold: float = 0.0
+
+    @property
+    def criteria(self) -> Criteria:
+        """The acceptance criteria in the backends' common form."""
+        return Criteria(self.threshold, self.max_deviation, self.significance_threshold, self.search_radius,
+                        self.coarse_scale, self.null_correlations, self.null_significance, self.stage_correction)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""The backend interface, and the built-in backend: register the overlaps, then solve globally.
+
+A backend turns collected tiles into a `Placement`. `stitch` chooses one by name and from then
+on treats them alike: both are fused by the built-in streamed fusion, unless a backend offers a
+mosaic of its own (`Backend.own_mosaic`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import numpy as np
+
+from .placement import Placement
+from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from .collect import Collection
+
+__all__ = ["Backend", "BuiltinBackend", "Mosaic"]
+
+
+class Mosaic(NamedTuple):
+    """A mosaic as a stream: its ``(height, width)`` and ``(y0, rows)`` bands from the top."""
+
+    shape: tuple[int, int]
+    bands: Iterator[tuple[int, np.ndarray]]
+
+
+class Backend(Protocol):
+    """What `stitch` needs of a backend."""
+
+    name: str
+
+    def check(self) -> None:
+        """Raise `OfmTilingError` now if the backend cannot run (before any work starts)."""
+
+    def place(self, collection: Collection, *, workers: int, show_progress: bool) -> Placement:
+        """Register the collected tiles and place every one of them."""
+
+    def own_mosaic(self, collection: Collection, placement: Placement) -> Mosaic | None:
+        """The backend's own fused mosaic for `placement`, or None for the built-in fusion."""
+
+
+class BuiltinBackend:
+    """Built-in registration (`ofm_tiling.register`) and global solve (`ofm_tiling.solve`)."""
+
+    name = "builtin"
+
+    def check(self) -> None:
+        return None
+
+    def place(self, collection: Collection, *, workers: int, show_progress: bool) -> Placement:
+        from .register import JpegTiles, register
+        from .solve import solve
+
+        stage = collection.positions
+        if len(stage) == 1:
+            return Placement.from_stage(stage, note="only one tile: nothing to register")
+        with progress_bar("registering", enabled=show_progress) as bar:
+            registration = register(JpegTiles(collection.paths), stage, tile_shape=collection.tile_shape,
+                                    workers=workers, progress=bar)
+        solution = solve(stage, registration.links)
+        notes = []
+        if not any(link.accepted for link in registration.links):
+            notes.append("no pair of tiles could be registered (blank glass or no overlap?): "
+                         "the mosaic uses the stage positions")
+        return Placement(solution.positions, registration.links, registration.criteria, solution.stage_model,
+                         solution.groups, solution.residuals, solution.rejected_in_solve, notes=notes)
+
+    def own_mosaic(self, collection: Collection, placement: Placement) -> Mosaic | None:
+        return None
