@@ -43,6 +43,7 @@ from scipy.spatial import cKDTree
 
 from .errors import OfmTilingError
 from .imageio import read_luminance
+from .linkrules import deviation_bound, deviations
 from .placement import Criteria, Link
 
 __all__ = [
@@ -646,29 +647,6 @@ def _stream(pool: ThreadPoolExecutor, order: Sequence[int], load: Callable[[int]
 _RADIUS_FRACTION = 0.75
 
 
-def _auto_max_deviation(pred: np.ndarray, meas: np.ndarray, *, low: float, high: float,
-                        k: float = 3.0) -> tuple[float, np.ndarray]:
-    """Systematic stage error and a bound on the random part, from confident links.
-
-    A stage calibration error shows up as deviations proportional to the shift (``M @ d``); it is
-    fitted (with one trimming pass) and removed, then the bound is ``k`` times the 90th percentile of
-    what is left, clamped to ``[low, high]``.
-    """
-    m = np.zeros((2, 2))
-    if len(pred) < 6:
-        return high, m
-    dev = meas - pred
-    keep = np.ones(len(pred), bool)
-    for _ in range(2):
-        sol, *_ = np.linalg.lstsq(pred[keep], dev[keep], rcond=None)
-        m = sol.T
-        resid = np.linalg.norm(dev - pred @ m.T, axis=1)
-        keep = resid <= np.quantile(resid, 0.8) + 1e-9
-    if len(pred) < 8:
-        return high, m
-    return float(np.clip(k * np.quantile(resid, 0.9), low, high)), m
-
-
 def register(
     tiles: TileImages,
     positions: np.ndarray,
@@ -844,12 +822,10 @@ def register(
     confident = np.isfinite(corr) & (corr >= needed)
     low = max(4.0 * scale, 0.01 * max(h, w))
     high = radius * math.sqrt(2)
-    if max_deviation is None:
-        max_dev, m = _auto_max_deviation(pred[confident], measured[confident], low=low, high=high)
-    else:
-        _, m = _auto_max_deviation(pred[confident], measured[confident], low=0.0, high=np.inf)
-        max_dev = float(max_deviation)
-    deviation = np.linalg.norm(measured - pred - pred @ m.T, axis=1)
+    bound = deviation_bound(pred[confident], measured[confident], low=low, high=high)
+    m = bound.stage_correction
+    max_dev = bound.max_deviation if max_deviation is None else float(max_deviation)
+    deviation = deviations(pred, measured, m)
 
     reasons = [""] * n_links
     for p in range(n_links):
