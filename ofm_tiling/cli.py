@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import OfmTilingError
+from .errors import OfmTilingError, OptionError
+from .options import CHOICES, CollectOptions, StitchOptions
 
 log = logging.getLogger("ofm_tiling")
 
@@ -28,7 +29,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def _add_collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("scan", type=Path, help="smart-stack scan folder (holds data.json and one folder per position)")
-    p.add_argument("--select", choices=("tag", "sharpest"), default="tag",
+    p.add_argument("--select", choices=CHOICES["select"], default="tag",
                    help="image per position: the one tagged central_image (default; sharpest when tags are "
                         "missing or contradictory) or always the sharpest by focus measure")
     p.add_argument("--use", type=Path, default=None, metavar="DIR",
@@ -40,8 +41,9 @@ def _add_collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", type=_grid, metavar="COLSxROWS",
                    help="lay tiles out on this grid (row by row) instead of by stage position")
     p.add_argument("--overlap", type=float, metavar="F", help="overlap fraction for --grid, e.g. 0.3")
-    p.add_argument("--focus", choices=("central", "edf"), default="central",
+    p.add_argument("--focus", choices=CHOICES["focus"], default="central",
                    help="use the chosen plane (default) or an all-in-focus image fused from each 9-plane stack")
+    p.add_argument("--workers", type=int, default=None, help="threads to use (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
@@ -60,18 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_collect_options(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default SCAN/stitched)")
-    p.add_argument("--backend", choices=("builtin", "fiji"), default="builtin",
+    p.add_argument("--backend", choices=CHOICES["backend"], default="builtin",
                    help="built-in registration and fusion (default), or Fiji's Grid/Collection stitching")
     p.add_argument("--fiji", type=Path, default=None, metavar="PATH",
                    help="Fiji.app folder for --backend fiji (default $FIJI_HOME or the usual places)")
-    p.add_argument("--fiji-layout", choices=("positions", "grid"), default="positions",
+    p.add_argument("--fiji-layout", choices=CHOICES["fiji_layout"], default="positions",
                    help="Fiji: positions from TileConfiguration.txt (default) or a regular grid with the {ii} pattern")
-    p.add_argument("--compression", choices=("jpeg", "deflate", "none"), default="jpeg",
+    p.add_argument("--keep-fiji-mosaic", action="store_true",
+                   help="Fiji: keep Fiji's own fused image (refused when a placement needed correcting)")
+    p.add_argument("--compression", choices=CHOICES["compression"], default="jpeg",
                    help="OME-TIFF tile compression (default jpeg)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the OME-TIFF tiles (default 90)")
-    p.add_argument("--workers", type=int, default=None, help="threads to use (default: all cores)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the OME-TIFF tiles, 1-100 (default 90)")
     p.add_argument("--no-focus-check", dest="check_focus", action="store_false",
-                   help="skip the focus curve of every stack in the report (saves decoding every plane at 1/8 size)")
+                   help="skip the focus curve of every stack in the report")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run is working on this scan, wait for it instead of stopping")
 
     p = sub.add_parser("fiji-macro", help="print the ImageJ macro the Fiji backend runs for a scan")
     _add_collect_options(p)
@@ -103,12 +108,19 @@ def _setup_logging(quiet: bool) -> tuple:
     return saved
 
 
+def _collect_options(args: argparse.Namespace) -> CollectOptions:
+    return CollectOptions(select=args.select, focus=args.focus, link=args.link, strict=args.strict, grid=args.grid,
+                          overlap=args.overlap, workers=args.workers)
+
+
 def _run_collect(args: argparse.Namespace) -> int:
     from .collect import FAILURE_REPORT, collect
 
+    options = _collect_options(args)
+    options.check()
     out = args.out or args.use
-    result = collect(args.scan, out=out, select=args.select, link=args.link, strict=args.strict,
-                     grid=args.grid, overlap=args.overlap, focus=args.focus)
+    result = collect(args.scan, out=out, select=options.select, link=options.link, strict=options.strict,
+                     grid=options.grid, overlap=options.overlap, focus=options.focus, workers=options.workers)
     if not args.quiet:
         print(f"Collected {len(result.tiles)} tiles ({result.tile_shape[1]}x{result.tile_shape[0]}) "
               f"into {result.use_dir}")
@@ -122,10 +134,11 @@ def _run_collect(args: argparse.Namespace) -> int:
 def _run_stitch(args: argparse.Namespace) -> int:
     from .stitch import stitch
 
-    r = stitch(args.scan, out=args.out, use=args.use, backend=args.backend, select=args.select, focus=args.focus,
-               link=args.link, strict=args.strict, grid=args.grid, overlap=args.overlap, fiji=args.fiji,
-               fiji_layout=args.fiji_layout, compression=args.compression, quality=args.quality,
-               workers=args.workers, check_focus=args.check_focus, show_progress=not args.quiet)
+    options = StitchOptions(**vars(_collect_options(args)), backend=args.backend, fiji=args.fiji,
+                            fiji_layout=args.fiji_layout, keep_fiji_mosaic=args.keep_fiji_mosaic,
+                            compression=args.compression, quality=args.quality, check_focus=args.check_focus,
+                            wait=args.wait)
+    r = stitch(args.scan, out=args.out, use=args.use, options=options, show_progress=not args.quiet)
     if not args.quiet:
         c = r.collection
         print(f"Collected {len(c.tiles)} tiles into {c.use_dir} (ordered by {c.order})")
@@ -168,6 +181,15 @@ COMMANDS = {"collect": _run_collect, "stitch": _run_stitch, "fiji-macro": _run_f
             "install-fiji-macro": _run_install_fiji_macro, "example": _run_example}
 
 
+#: Library parameters whose command-line flag is not simply ``--`` + the name with dashes.
+_FLAGS = {"check_focus": "--no-focus-check", "out": "--out", "use": "--use"}
+
+
+def _flag(parameter: str) -> str:
+    """The command-line flag that sets a library parameter."""
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ofm-tiling`` command; returns the exit code."""
     parser = build_parser()
@@ -175,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     saved = _setup_logging(getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
+    except OptionError as exc:
+        print(f"ofm-tiling: error: {_flag(exc.parameter)}: {exc.problem}", file=sys.stderr)
+        return 2
     except OfmTilingError as exc:
         print(f"ofm-tiling: error: {exc}", file=sys.stderr)
         return 2

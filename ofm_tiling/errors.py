@@ -1,4 +1,4 @@
-"""The one exception type users see: a file and what is wrong with it."""
+"""The exception types users see: a file and what is wrong with it, or an option and its problem."""
 from __future__ import annotations
 
 import os
@@ -19,3 +19,16 @@ class OfmTilingError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class OptionError(OfmTilingError):
+    """An option value that cannot work, found before any work starts.
+
+    The message names the library parameter (``quality must be …``); the command line reports it
+    under the flag that set it (`parameter` tells which).
+    """
+
+    def __init__(self, parameter: str, problem: str):
+        self.parameter = parameter
+        super().__init__(None, f"{parameter} {problem}")
+        self.problem = problem

@@ -1,23 +1,30 @@
-"""Stitch: collect → register → solve → fuse → write, with the built-in or the Fiji backend.
+"""Stitch: collect → focus check → place (register + solve) → fuse → write, as one unit.
 
 Both backends end in the same outputs: ``use/TileConfiguration.registered.txt`` and, in the output
 folder, ``mosaic.ome.tif`` (pyramidal), ``preview.jpg``, ``stitching-report.json`` and
-``layout.png``.
+``layout.png``. ``use/`` and the output folder are built under staging names and replaced together
+when the run completes, so a run that fails or is killed leaves the previous result as it was.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .collect import Collection, collect, focus_survey, prepare_output_dir, replace_dir
-from .errors import OfmTilingError
-from .progress import progress_bar
-from .tileconfig import write_tile_configuration
+from .files import FolderSwap, ScanLock, check_output_dir, recover
+from .options import StitchOptions
+
+if TYPE_CHECKING:
+    from .backend import Backend, Mosaic
+    from .collect import Collection
+    from .placement import Placement
 
 log = logging.getLogger("ofm_tiling")
 
@@ -34,11 +41,16 @@ class StitchResult:
 
     collection: Collection
     out_dir: Path
-    positions: np.ndarray
+    placement: Placement
     shape: tuple[int, int]
     backend: str
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Final top-left corners ``(x, y)`` of the tiles in the mosaic, in pixels."""
+        return self.placement.positions
 
     @property
     def mosaic(self) -> Path:
@@ -61,53 +73,52 @@ class StitchResult:
         return self.collection.use_dir / REGISTERED
 
 
-def _unregistered(positions: np.ndarray):
-    """Registration and solution records for positions that did not come from our registration."""
-    from .register import Registration
-    from .solve import Solution
+@dataclass
+class _Folders:
+    """The folders of one run: the scan, and the two it replaces."""
 
-    n = len(positions)
-    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    return (Registration([], float("nan"), np.zeros(0), float("nan")),
-            Solution(np.asarray(positions, float), {}, identity, [[k] for k in range(n)], []))
+    scan: Path
+    use: Path
+    out: Path
 
-
-def _in_frame(solution, positions: np.ndarray, stage_shift: np.ndarray):
-    """The solution with its positions replaced by `positions` (shifted) and the stage model
-    rewritten for stage positions moved by `stage_shift`, so the report uses one frame."""
-    model = np.array(solution.stage_model, dtype=float)
-    shift = solution.positions[0] - positions[0]  # what was subtracted from every solved position
-    model[:, 2] -= model[:, :2] @ stage_shift[0] + shift
-    return replace(solution, positions=positions, stage_model=model)
+    @classmethod
+    def of(cls, scan_dir: str | os.PathLike, use: str | os.PathLike | None,
+           out: str | os.PathLike | None) -> _Folders:
+        root = Path(scan_dir)
+        return cls(root, Path(use) if use is not None else root / "use",
+                   Path(out) if out is not None else root / "stitched")
 
 
-def _register_builtin(collection: Collection, *, workers: int, show_progress: bool):
-    from .register import JpegTiles, register
-    from .solve import solve
+class _Clock:
+    """Wall time of each named step."""
 
-    stage = collection.positions
-    if len(collection.tiles) == 1:
-        registration, solution = _unregistered(stage)
-        return stage.copy(), registration, solution, ["only one tile: nothing to register"]
-    with progress_bar("registering", enabled=show_progress) as bar:
-        registration = register(JpegTiles(collection.paths), stage, tile_shape=collection.tile_shape,
-                                workers=workers, progress=bar)
-    accepted = sum(link.accepted for link in registration.links)
-    notes = []
-    if accepted == 0:
-        notes.append("no pair of tiles could be registered (blank glass or no overlap?): "
-                     "the mosaic uses the stage positions")
-    solution = solve(stage, registration.links)
-    return solution.positions, registration, solution, notes
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def make_backend(options: StitchOptions) -> Backend:
+    """The backend the options name, ready to `check`."""
+    if options.backend == "fiji":
+        from .fiji import FijiBackend
+
+        return FijiBackend(fiji=options.fiji, layout=options.fiji_layout,
+                           keep_fiji_mosaic=options.keep_fiji_mosaic)
+    from .backend import BuiltinBackend
+
+    return BuiltinBackend()
 
 
 def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
-           use: str | os.PathLike | None = None, backend: str = "builtin", select: str = "tag",
-           focus: str = "central", link: bool = False, strict: bool = False,
-           grid: tuple[int, int] | None = None, overlap: float | None = None,
-           fiji: str | os.PathLike | None = None, fiji_layout: str = "positions",
-           compression: str = "jpeg", quality: int = 90, workers: int | None = None,
-           check_focus: bool = True, show_progress: bool = False) -> StitchResult:
+           use: str | os.PathLike | None = None, options: StitchOptions | None = None,
+           show_progress: bool = False, **keywords) -> StitchResult:
     """Collect a smart-stack scan and stitch it into one pyramidal mosaic.
 
     Parameters
@@ -117,103 +128,148 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     out : path, optional
         Output folder (default ``scan_dir/stitched``), replaced as a whole on every run.
     use : path, optional
-        Folder for the collected tiles (default ``scan_dir/use``).
-    backend : {"builtin", "fiji"}
-        Built-in registration and fusion, or Fiji's Grid/Collection stitching.
-    select, link, strict, grid, overlap
-        As for `ofm_tiling.collect.collect`.
-    focus : {"central", "edf"}
-        Stitch the chosen plane of every position, or an all-in-focus image of every stack.
-    fiji, fiji_layout
-        Fiji.app folder and layout mode for the Fiji backend.
-    compression, quality
-        OME-TIFF tile compression (``"jpeg"``, ``"deflate"``, ``"none"``) and JPEG quality.
-    workers : int, optional
-        Threads for decoding, correlation and compression (default: all cores).
-    check_focus : bool
-        Record every stack's focus curve in the report and flag positions whose tagged plane is
-        not the sharpest or whose curve has no clear peak (decodes every plane at 1/8 size).
+        Folder for the collected tiles (default ``scan_dir/use``), replaced together with `out`.
+    options : StitchOptions, optional
+        Every option of the run; or give them as keywords (``backend="fiji"``, ``quality=80``…,
+        the fields of `ofm_tiling.options.StitchOptions`): select, focus, link, strict, grid,
+        overlap, workers, backend, fiji, fiji_layout, keep_fiji_mosaic, compression, quality,
+        check_focus, viewer, wait.
     show_progress : bool
         Draw progress bars on stderr.
+
+    Raises
+    ------
+    OptionError
+        For an option value that cannot work, before any work starts.
+    OfmTilingError
+        For a problem with the scan or the output folders; the previous result stays as it was.
     """
-    if backend not in ("builtin", "fiji"):
-        raise OfmTilingError(None, f"--backend must be 'builtin' or 'fiji', not {backend!r}")
-    workers = workers or os.cpu_count() or 1
-    root = Path(scan_dir)
-    out_dir = Path(out) if out is not None else root / "stitched"
-    use_dir = Path(use) if use is not None else root / "use"
-    prepare_output_dir(out_dir, purpose="--out")
-    timings: dict[str, float] = {}
+    options = replace(options or StitchOptions(), **keywords)
+    options.check()
+    backend = make_backend(options)
+    backend.check()
+    folders = _Folders.of(scan_dir, use, out)
+    for folder, parameter in ((folders.use, "use"), (folders.out, "out")):
+        check_output_dir(folder, parameter=parameter)
+    with ScanLock(folders.use.parent, wait=options.wait):
+        for note in recover(folders.use.parent, [folders.use, folders.out]):
+            log.warning(note)
+        return _run(folders, options, backend, show_progress)
 
-    t0 = time.perf_counter()
-    collection = collect(root, out=use_dir, select=select, link=link, strict=strict, grid=grid,
-                         overlap=overlap, skip=(out_dir,), focus=focus, workers=workers)
-    timings["collect"] = time.perf_counter() - t0
-    notes = list(collection.notes)
-    focus_rows = []
-    if check_focus:
-        t0 = time.perf_counter()
-        focus_rows = focus_survey(collection.tiles, workers=workers)
-        notes.extend(f"{r['position']}: {r['message']}" for r in focus_rows if r["message"])
-        timings["focus check"] = time.perf_counter() - t0
-    names = collection.names
-    stage = collection.positions
-    h, w = collection.tile_shape
 
-    from .fuse import fuse_bands, mosaic_shape
-    from .imageio import read_rgb
-    from .report import draw_layout, write_report
-    from .writers import write_ome_tiff
-
-    t0 = time.perf_counter()
-    fiji_result = None
-    if backend == "builtin":
-        positions, registration, solution, more = _register_builtin(collection, workers=workers,
-                                                                     show_progress=show_progress)
-    else:
-        from .fiji import run_fiji
-
-        fiji_result = run_fiji(collection.use_dir, fiji=fiji, layout=fiji_layout, stage_positions=stage,
-                               tile_shape=collection.tile_shape, show_progress=show_progress)
-        positions = fiji_result.positions
-        registration, solution = _unregistered(positions)
-        more = list(fiji_result.notes)
-    notes.extend(more)
-    timings["registration"] = time.perf_counter() - t0
-    positions = np.asarray(positions, dtype=float)
-    positions = positions - positions.min(axis=0)
-    write_tile_configuration(collection.use_dir / REGISTERED, names, positions)
-
-    t0 = time.perf_counter()
-    shape = mosaic_shape(positions, collection.tile_shape)
-
-    def build(tmp: Path) -> None:
-        if fiji_result is not None:  # Fiji fused the mosaic; only merge its channels back to RGB
-            fused_shape, bands = fiji_result.fused()
-        else:
-            paths = collection.paths
-            fused_shape = shape
-            with progress_bar("fusing", enabled=show_progress) as bar:
-                bands = fuse_bands(lambda i: read_rgb(paths[i]), positions, (h, w), workers=workers,
-                                   progress=bar)
-        write_ome_tiff(tmp / MOSAIC, fused_shape, bands, pixel_size_um=collection.pixel_size_um,
-                       compression=compression, quality=quality, preview_path=tmp / PREVIEW,
-                       workers=workers, name=root.name)
-        extra = {"backend": backend, "scan": str(root), "use": str(collection.use_dir),
-                 "tile_shape": [h, w], "mosaic_shape": list(fused_shape), "order": collection.order,
-                 "layout": collection.layout, "pixel_size_um": collection.pixel_size_um, "notes": notes,
-                 "failed_positions": [{"folder": f.folder.name, "report": f.report} for f in collection.failed],
-                 "focus": focus_rows, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
-        # Show stage positions in the mosaic's frame, so displacements exclude the one global shift.
-        stage_in_mosaic = stage + (positions - stage).mean(axis=0)
-        final = _in_frame(solution, positions, stage_in_mosaic - stage)
-        write_report(tmp / REPORT, names=names, stage_positions=stage_in_mosaic, solution=final,
-                     registration=registration, extra=extra)
-        draw_layout(tmp / LAYOUT_PNG, stage_positions=stage_in_mosaic, positions=positions, tile_shape=(h, w),
-                    links=registration.links, names=names, rejected_in_solve=solution.rejected_in_solve)
-
-    replace_dir(build, out_dir)
-    timings["fusion"] = time.perf_counter() - t0
+def _run(folders: _Folders, options: StitchOptions, backend: Backend, show_progress: bool) -> StitchResult:
+    """The run itself, under the scan's lock: every output built in staging, then swapped in."""
+    clock = _Clock()
+    workers = options.thread_count()
+    with FolderSwap([folders.use, folders.out], journal_dir=folders.use.parent) as swap:
+        staging_out = swap.staging(folders.out)  # made first: an unwritable output fails before any work
+        with clock.step("collect"):
+            collection = _collect(folders, options, swap.staging(folders.use))
+        notes = list(collection.notes)
+        focus_rows = _focus_check(collection, options, clock, notes)
+        log.info(f"registering {len(collection.tiles)} tiles ({backend.name} backend)")
+        with clock.step("registration"):
+            placement = backend.place(collection, workers=workers, show_progress=show_progress)
+        placement = placement.shifted(-placement.positions.min(axis=0))
+        notes.extend(placement.notes)
+        log.info("fusing and writing the mosaic")
+        with clock.step("fusion"):
+            mosaic = backend.own_mosaic(collection, placement) or _fuse(collection, placement, workers,
+                                                                        show_progress)
+            shape = _write_outputs(staging_out, collection, placement, mosaic, options,
+                                   focus_rows=focus_rows, notes=notes, timings=clock.timings)
+        swap.commit()
     for note in notes[len(collection.notes):]:
         log.warning(note)
-    return StitchResult(collection, out_dir, positions, shape, backend, timings, notes)
+    collection = replace(collection, use_dir=folders.use)
+    return StitchResult(collection, folders.out, placement, shape, backend.name, clock.timings, notes)
+
+
+def _collect(folders: _Folders, options: StitchOptions, staging: Path) -> Collection:
+    from .collect import collect
+
+    log.info(f"collecting {folders.scan}")
+    o = options.collect_options()
+    return collect(folders.scan, out=staging, select=o.select, link=o.link, strict=o.strict, grid=o.grid,
+                   overlap=o.overlap, skip=(folders.out, folders.use), focus=o.focus, workers=o.thread_count())
+
+
+def _focus_check(collection: Collection, options: StitchOptions, clock: _Clock, notes: list[str]) -> list[dict]:
+    """Every stack's focus curve, with a note for each position whose tagged plane looks wrong."""
+    if not options.check_focus:
+        return []
+    from .collect import focus_survey
+
+    with clock.step("focus check"):
+        rows = focus_survey(collection.tiles, workers=options.thread_count())
+    notes.extend(f"{r['position']}: {r['message']}" for r in rows if r["message"])
+    return rows
+
+
+def _fuse(collection: Collection, placement: Placement, workers: int, show_progress: bool) -> Mosaic:
+    from .backend import Mosaic
+    from .fuse import fuse_bands, mosaic_shape
+    from .imageio import read_rgb
+    from .progress import progress_bar
+
+    paths = collection.paths
+    shape = mosaic_shape(placement.positions, collection.tile_shape)
+
+    def bands() -> Iterator[tuple[int, np.ndarray]]:
+        with progress_bar("fusing", enabled=show_progress) as bar:
+            yield from fuse_bands(lambda i: read_rgb(paths[i]), placement.positions, collection.tile_shape,
+                                  workers=workers, progress=bar)
+
+    return Mosaic(shape, bands())
+
+
+def _write_outputs(folder: Path, collection: Collection, placement: Placement, mosaic: Mosaic,
+                   options: StitchOptions, *, focus_rows: list[dict], notes: list[str],
+                   timings: dict[str, float]) -> tuple[int, int]:
+    """Write the registered TileConfiguration, the mosaic, its preview, the report and the picture."""
+    from .tileconfig import write_tile_configuration
+    from .writers import write_ome_tiff
+
+    write_tile_configuration(collection.use_dir / REGISTERED, collection.names, placement.positions)
+    write_ome_tiff(folder / MOSAIC, mosaic.shape, mosaic.bands, pixel_size_um=collection.pixel_size_um,
+                   compression=options.compression, quality=options.quality, preview_path=folder / PREVIEW,
+                   workers=options.thread_count(), name=collection.scan.name)
+    extra = _run_record(collection, placement, mosaic.shape, options, focus_rows, notes, timings)
+    # Stage positions in the mosaic's frame, so displacements exclude the one global shift.
+    shift = (placement.positions - collection.positions).mean(axis=0)
+    _write_report(folder, collection, placement.for_stage_moved(shift), collection.positions + shift, extra)
+    return mosaic.shape
+
+
+def _run_record(collection: Collection, placement: Placement, shape: tuple[int, int], options: StitchOptions,
+                focus_rows: list[dict], notes: list[str], timings: dict[str, float]) -> dict:
+    """What the report keeps about the run besides tiles and links."""
+    return {"backend": placement.backend, "scan": str(collection.scan), "use": str(collection.use_dir),
+            "tile_shape": list(collection.tile_shape), "mosaic_shape": list(shape), "order": collection.order,
+            "layout": collection.layout, "pixel_size_um": collection.pixel_size_um, "notes": notes,
+            "failed_positions": [{"folder": f.folder.name, "report": f.report} for f in collection.failed],
+            "focus": focus_rows, "options": {"select": options.select, "focus": options.focus,
+                                             "compression": options.compression, "quality": options.quality},
+            "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+
+
+def _write_report(folder: Path, collection: Collection, placement: Placement, stage: np.ndarray,
+                  extra: dict) -> None:
+    from types import SimpleNamespace
+
+    from .report import draw_layout, write_report
+    from .solve import Solution
+
+    # Until report.py reads a Placement: the two records it expects, made from it.
+    c = placement.criteria
+    registration = SimpleNamespace(links=placement.links, threshold=c.threshold, max_deviation=c.max_deviation,
+                                   null_correlations=c.null_correlations, null_significance=c.null_significance,
+                                   significance_threshold=c.significance_threshold, search_radius=c.search_radius,
+                                   coarse_scale=c.coarse_scale, stage_correction=c.stage_correction)
+    solution = Solution(placement.positions, placement.residuals, placement.stage_model, placement.groups,
+                        placement.rejected_in_solve)
+    write_report(folder / REPORT, names=collection.names, stage_positions=stage, solution=solution,
+                 registration=registration, extra=extra)
+    draw_layout(folder / LAYOUT_PNG, stage_positions=stage, positions=placement.positions,
+                tile_shape=collection.tile_shape, links=placement.links, names=collection.names,
+                rejected_in_solve=placement.rejected_in_solve)

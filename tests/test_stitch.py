@@ -1,15 +1,18 @@
 """End-to-end: generated scans with ground truth through `stitch` (collect → register → solve → fuse → write)."""
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
-from conftest import snapshot
+from conftest import placement_errors, snapshot
 from ofm_tiling.cli import main
 from ofm_tiling.stitch import stitch
 from ofm_tiling.tileconfig import read_tile_configuration
@@ -202,3 +205,91 @@ def test_report_flags_autofocus_failures(copy_scan):
     textured = [focus[p.folder] for k, p in enumerate(truth.positions) if k not in (2, 4)]
     assert all(row["clear_peak"] and row["tagged_is_sharpest"] for row in textured)
     assert any(truth.positions[2].folder in n for n in result.notes)
+
+
+# --- a killed run never changes the previous result; one run per scan -------------------------
+
+def result_files(scan):
+    """Bytes of every file of the previous result: use/ (with the registered layout) and stitched/."""
+    return {p.relative_to(scan).as_posix(): p.read_bytes()
+            for folder in ("use", "stitched") for p in sorted((scan / folder).rglob("*")) if p.is_file()}
+
+
+def leftovers(scan):
+    return sorted(p.name for p in scan.iterdir() if p.name.startswith("."))
+
+
+class Run:
+    """`ofm-tiling stitch` in its own process, its stderr read line by line as it comes."""
+
+    def __init__(self, scan, *extra):
+        self.proc = subprocess.Popen([sys.executable, "-m", "ofm_tiling.cli", "stitch", str(scan), *extra],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, condition, timeout=120.0):
+        t0 = time.monotonic()
+        while not condition():
+            assert self.proc.poll() is None, f"the run ended before the moment to stop it: {self.lines}"
+            assert time.monotonic() - t0 < timeout, self.lines
+            time.sleep(0.005)
+
+    def said(self, text):
+        return lambda: any(text in line for line in self.lines)
+
+    def stop(self, sig=signal.SIGKILL):
+        self.proc.send_signal(sig)
+        return self.proc.wait(60)
+
+
+def staged(scan, name):
+    """A file `name` (glob) inside this run's staging output folder exists."""
+    return lambda: any(p.stat().st_size > 0 for p in scan.glob(f".stitched.tmp-*/{name}") if p.is_file())
+
+
+def test_a_run_killed_at_any_moment_keeps_the_previous_result(copy_scan):
+    scan, truth = copy_scan("killed", grid=(5, 4), tile_size=(640, 480))
+    assert main(["stitch", str(scan), "-q"]) == 0
+    before = result_files(scan)
+    assert "use/TileConfiguration.registered.txt" in before
+    moments = {"collection": lambda r: r.said("collecting"),
+               "registration": lambda r: r.said("registering"),
+               "fusion": lambda r: r.said("fusing and writing"),
+               "writing the mosaic": lambda r: staged(scan, ".mosaic.ome.tif.*.tmp"),
+               "writing the report": lambda r: staged(scan, "stitching-report.json")}
+    for moment, when in moments.items():
+        run = Run(scan, "--no-focus-check")
+        run.wait_for(when(run))
+        assert run.stop() == -signal.SIGKILL, moment
+        assert result_files(scan) == before, f"killed during {moment}: the previous result changed"
+    assert any(name.startswith(".stitched.tmp-") for name in leftovers(scan))  # what SIGKILL leaves
+    run = Run(scan, "--no-focus-check")  # Ctrl-C: cleans up at once
+    run.wait_for(run.said("registering"))
+    assert run.stop(signal.SIGINT) == 130
+    assert result_files(scan) == before
+    assert main(["stitch", str(scan), "-q"]) == 0  # the next run removes what killed runs left
+    assert leftovers(scan) == []
+    names, positions = read_tile_configuration(scan / "use" / "TileConfiguration.registered.txt")
+    assert placement_errors(positions, truth.true_xy_array()).max() < 1.0
+
+
+def test_one_run_per_scan(copy_scan):
+    scan, truth = copy_scan("lock", grid=(4, 3), tile_size=(640, 480))
+    first = Run(scan)
+    first.wait_for(first.said("registering"))
+    second = subprocess.run([sys.executable, "-m", "ofm_tiling.cli", "stitch", str(scan)],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    message = second.stderr.strip()
+    assert "\n" not in message and "another ofm-tiling run is working on this scan" in message
+    assert f"process {first.proc.pid} on " in message and ", started 20" in message
+    waiting = subprocess.run([sys.executable, "-m", "ofm_tiling.cli", "stitch", str(scan), "--wait", "-q"],
+                             capture_output=True, text=True, timeout=300)
+    assert first.proc.wait(300) == 0
+    assert waiting.returncode == 0, waiting.stderr
+    assert leftovers(scan) == []
