@@ -13,8 +13,9 @@ from scipy import fft as sfft
 
 from .correlate import bandpass, climb, ncc_surface, phase_surface, pooled_ncc, quadratic_peak, top_peaks
 from .pairs import PairGeometry
+from .tiles import reduce_tile
 
-__all__ = ["MatchSettings", "PairMeasurement", "measure_pair", "null_match", "coarse_match"]
+__all__ = ["MatchSettings", "PairMeasurement", "coarse_level", "measure_pair", "null_match", "coarse_match"]
 
 _NAN = float("nan")
 # Reasons a pair with a coarse match still yields no shift.
@@ -100,6 +101,11 @@ class _PatchPlan:
     size: tuple[int, int]
 
 
+def coarse_level(full: np.ndarray, settings: MatchSettings) -> np.ndarray:
+    """The band-passed coarse level of a full-resolution grey tile; pairs' strips are cut from it."""
+    return bandpass(reduce_tile(full, settings.scale), settings.filter_sigma, settings.highpass_size)
+
+
 def _xy(shift_rc: np.ndarray) -> tuple[float, float]:
     return float(shift_rc[1]), float(shift_rc[0])
 
@@ -111,7 +117,7 @@ def measure_pair(strip_i: np.ndarray, strip_j: np.ndarray, geometry: PairGeometr
     Parameters
     ----------
     strip_i, strip_j : ndarray
-        Band-passed coarse level of tile i and tile j cut to ``geometry.rect_i`` / ``rect_j``.
+        :func:`coarse_level` of tile i and tile j cut to ``geometry.rect_i`` / ``rect_j``.
     geometry : PairGeometry
     settings : MatchSettings
     full_i, full_j : ndarray, optional
@@ -224,23 +230,33 @@ def _refine(full_i: np.ndarray, full_j: np.ndarray, plan: _PatchPlan,
     Each patch of tile i is compared with every window of tile j within the refine radius of the
     coarse shift, and the pooled correlation surface is fitted to sub-pixel precision.
     """
-    h, w = full_i.shape
-    r, sigma, box = settings.refine_radius, settings.filter_sigma, 2 * settings.highpass_size
-    shift, (ph, pw) = plan.shift, plan.size
-    border = int(math.ceil(2 * sigma)) + box // 2 + 1     # filter support, so patches filter cleanly
-    num = saa = sbb = 0.0
+    r = settings.refine_radius
+    num, saa, sbb = np.zeros((2 * r + 1, 2 * r + 1)), 0.0, np.zeros((2 * r + 1, 2 * r + 1))
     for y, x in plan.corners:
-        pieces = []
-        for img, (cy, cx), extra in ((full_i, (y, x), border), (full_j, (y - shift[0], x - shift[1]), border + r)):
-            y0, x0 = max(0, cy - extra), max(0, cx - extra)
-            y1, x1 = min(h, cy + ph + extra), min(w, cx + pw + extra)
-            pieces.append((bandpass(img[y0:y1, x0:x1], sigma, box), cy - y0, cx - x0))
-        (fa, ay, ax), (fb, by, bx) = pieces
-        c_ab, c_aa, c_bb = ncc_surface(fa[ay:ay + ph, ax:ax + pw], fb[by - r:by + ph + r, bx - r:bx + pw + r], r)
+        a = _filtered_patch(full_i, (y, x), plan.size, 0, settings)
+        b = _filtered_patch(full_j, (y - int(plan.shift[0]), x - int(plan.shift[1])), plan.size, r, settings)
+        c_ab, c_aa, c_bb = ncc_surface(a, b, r)
         num, saa, sbb = num + c_ab, saa + c_aa, sbb + c_bb
     ncc = num / np.sqrt(np.maximum(saa * sbb, 1e-30))
-    y, x = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-    if y in (0, 2 * r) or x in (0, 2 * r) or not np.isfinite(ncc[y, x]):
+    py, px = (int(v) for v in np.unravel_index(int(np.argmax(ncc)), ncc.shape))
+    if py in (0, 2 * r) or px in (0, 2 * r) or not np.isfinite(ncc[py, px]):
         return None     # the best match is not inside the window: coarse and fine disagree
-    oy, ox = quadratic_peak(ncc[y - 1:y + 2, x - 1:x + 2])
-    return np.asarray(shift, float) - np.array([y - r + oy, x - r + ox]), float(ncc[y, x])
+    oy, ox = quadratic_peak(ncc[py - 1:py + 2, px - 1:px + 2])
+    return np.asarray(plan.shift, float) - np.array([py - r + oy, px - r + ox]), float(ncc[py, px])
+
+
+def _filtered_patch(image: np.ndarray, corner: tuple[int, int], size: tuple[int, int], margin: int,
+                    settings: MatchSettings) -> np.ndarray:
+    """Band-passed patch of `size` at `corner`, grown by `margin` px on every side.
+
+    The band-pass runs on a piece larger by the filter's support, so the patch filters as it
+    would inside the whole tile.
+    """
+    (h, w), (cy, cx), (ph, pw) = image.shape, corner, size
+    sigma, box = settings.filter_sigma, 2 * settings.highpass_size
+    extra = int(math.ceil(2 * sigma)) + box // 2 + 1 + margin
+    y0, x0 = max(0, cy - extra), max(0, cx - extra)
+    y1, x1 = min(h, cy + ph + extra), min(w, cx + pw + extra)
+    f = bandpass(image[y0:y1, x0:x1], sigma, box)
+    ay, ax = cy - y0, cx - x0
+    return f[ay - margin:ay + ph + margin, ax - margin:ax + pw + margin]

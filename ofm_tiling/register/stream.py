@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import OfmTilingError
-from .correlate import bandpass
-from .measure import MatchSettings, PairMeasurement, measure_pair, null_match
+from .measure import MatchSettings, PairMeasurement, coarse_level, measure_pair, null_match
 from .pairs import ScanPlan
-from .tiles import TileImages, reduce_tile
+from .tiles import TileImages
 
 __all__ = ["Progress", "ScanMeasurements", "measure_scan", "stream"]
 
@@ -93,7 +92,7 @@ def measure_scan(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, *, 
             raise OfmTilingError(paths[k] if paths else None,
                                  f"tile {k} is {full.shape[1]}x{full.shape[0]} px, expected "
                                  f"{w}x{h} (all tiles must have the same size)")
-        filt = bandpass(reduce_tile(full, plan.scale), settings.filter_sigma, settings.highpass_size)
+        filt = coarse_level(full, settings)
         out: dict[Hashable, np.ndarray] = {}
         for key in provides[k]:
             g = plan.geometry[key.pair]
