@@ -21,7 +21,6 @@ import tifffile
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from conftest import he_sample, psnr  # noqa: E402
 
-
 # label: (quality, tifffile options)
 OPTIONS = {
     "YCbCr 4:4:4 q90 (before)": (90, {"subsampling": (1, 1)}),

@@ -171,13 +171,13 @@ class Spool:
 
     def write(self, y0: int, rows: np.ndarray) -> None:
         self._file.seek(y0 * self.row_bytes)
-        self._file.write(memoryview(np.ascontiguousarray(rows)).cast("B"))
+        self._file.write(np.ascontiguousarray(rows).data.cast("B"))
 
     def read(self, y0: int, y1: int) -> np.ndarray:
         out = np.empty((y1 - y0, self.shape[1], *self.sample), self.dtype)
         self._file.flush()
         self._file.seek(y0 * self.row_bytes)
-        if self._file.readinto(memoryview(out).cast("B")) != out.nbytes:
+        if self._file.readinto(out.data.cast("B")) != out.nbytes:
             raise OSError(errno.EIO, f"temporary file {self.path} is shorter than expected")
         return out
 

@@ -57,7 +57,7 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, *, width: int = 20
     im = Image.fromarray(image)
     if (new_w, new_h) != (w, h):
         # reducing_gap: a fast integer box reduction first, then Lanczos for the remainder.
-        im = im.resize((new_w, new_h), Image.LANCZOS, reducing_gap=3.0)
+        im = im.resize((new_w, new_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
     with atomic_file(path) as tmp:
         im.save(tmp, format="JPEG", quality=quality, optimize=True)
 
@@ -84,7 +84,7 @@ def write_preview_from_rows(path: str | os.PathLike, source: RowSource, shape: t
         block = Image.fromarray(source.read(r0, r1))
         if out is None:
             out = Image.new(block.mode, (width, height))
-        out.paste(block.resize((width, o1 - o0), Image.LANCZOS, box=(0, s0 - r0, src_w, s1 - r0)), (0, o0))
+        out.paste(block.resize((width, o1 - o0), Image.Resampling.LANCZOS, box=(0, s0 - r0, src_w, s1 - r0)), (0, o0))
     assert out is not None  # height >= 1
     with atomic_file(path) as tmp:
         out.save(tmp, format="JPEG", quality=quality)

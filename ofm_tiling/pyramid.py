@@ -255,9 +255,7 @@ class PyramidWriter:
         try:
             with atomic_file(self.path) as tmp:
                 self._write_levels(tmp, level0)
-                if self.plan.preview_level is not None:
-                    write_preview_from_rows(self.preview_path, self._spools[self.plan.preview_level],
-                                            self.plan.preview_shape)
+                self._write_preview()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OfmTilingError(self._folder(), "cannot write here: the disk is full") from exc
@@ -306,6 +304,12 @@ class PyramidWriter:
         if k > 0 and k != self.plan.preview_level:
             self._spools.pop(k).remove()
         return self._spools[k + 1].blocks(self.tile) if k + 1 < len(shapes) else iter(())
+
+    def _write_preview(self) -> None:
+        """The preview from its spooled level (kept while the pyramid was written)."""
+        level, shape = self.plan.preview_level, self.plan.preview_shape
+        if self.preview_path is not None and level is not None and shape is not None:
+            write_preview_from_rows(self.preview_path, self._spools[level], shape)
 
     def _tiles(self, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         """Tiles of each block, left to right, reporting progress after each block."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from test_fuse import _cut, _grid, _he_image, _psnr
 
 from ofm_tiling import bands as bands_module
 from ofm_tiling.bands import halve
@@ -22,8 +23,6 @@ from ofm_tiling.files import atomic_file
 from ofm_tiling.fuse import fuse_bands, mosaic_shape
 from ofm_tiling.preview import write_preview
 from ofm_tiling.pyramid import PyramidWriter, check_options, write_ome_tiff
-
-from test_fuse import _cut, _grid, _he_image, _psnr
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def _bands(image: np.ndarray, rows: int):
 def _halve_reference(a: np.ndarray) -> np.ndarray:
     """2x2 area mean, odd edges replicated (the mean over the pixels that exist)."""
     a = np.pad(a.astype(float), ((0, len(a) % 2), (0, a.shape[1] % 2), (0, 0)), mode="edge")
-    return np.floor(a.reshape(len(a) // 2, 2, a.shape[1] // 2, 2, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+    return np.floor(a.reshape(len(a) // 2, 2, a.shape[1] // 2, 2, a.shape[2]).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
 
 
 def test_halve_is_the_rounded_area_mean():
@@ -272,3 +271,85 @@ def test_peak_memory_does_not_grow_with_mosaic_height(tmp_path):
     assert grown < 0.2 * mosaic_grown
     # Working set (two rows of 4.5 MB tiles, bands, scratch, encoder) well under the mosaic.
     assert runs[24]["peak_mb"] - runs[24]["before_mb"] < 0.5 * runs[24]["mosaic_mb"]
+
+
+def test_check_options_names_the_parameter():
+    assert check_options(compression="JPEG", quality=np.int64(75)).quality == 75
+    assert check_options(compression="zlib").name == "deflate"  # a synonym
+    assert check_options(compression="none", dtype=np.uint16).name == "none"
+    bad = [({"compression": "png"}, "compression must be one of 'jpeg', 'deflate', 'none', got 'png'"),
+           ({"quality": 0}, "quality must be an integer from 1 to 100, got 0"),
+           ({"quality": 101}, "quality must be an integer from 1 to 100"),
+           ({"quality": 90.5}, "quality must be an integer from 1 to 100"),
+           ({"quality": True}, "quality must be an integer from 1 to 100"),
+           ({"dtype": np.uint16}, "compression must be 'deflate' or 'none' for uint16"),
+           ({"dtype": np.float32}, "dtype must be uint8 or uint16")]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            check_options(**kwargs)
+
+
+def test_bad_options_are_refused_before_any_pixel_is_read(tmp_path, mosaic):
+    started = []
+
+    def bands():
+        started.append(True)
+        yield 0, mosaic
+
+    bad = [({"quality": 0}, "quality"), ({"compression": "lzw"}, "compression"), ({"tile": 100}, "tile"),
+           ({"levels": 0}, "levels"), ({"pixel_size_um": -1}, "pixel_size_um"), ({"channels": 2}, "channels"),
+           ({"preview_path": tmp_path / "p.jpg", "preview_width": 0}, "preview_width")]
+    for kwargs, name in bad:
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            PyramidWriter(tmp_path / "m.ome.tif", mosaic.shape, **kwargs)
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            write_ome_tiff(tmp_path / "m.ome.tif", mosaic.shape, bands(), **kwargs)
+    with pytest.raises(ValueError, match=r"shape must be \(height, width\) or \(height, width, 3\)"):
+        PyramidWriter(tmp_path / "m.ome.tif", (10, 10, 4))
+    assert not started and os.listdir(tmp_path) == []
+
+
+def test_jpeg_tiles_are_rgb_jpeg_read_alike_by_tifffile_libtiff_and_pillow(tmp_path, mosaic):
+    import imagecodecs
+
+    out = tmp_path / "m.ome.tif"
+    write_ome_tiff(out, mosaic.shape, _bands(mosaic, 256), tile=256, quality=90, levels=2)
+    with tifffile.TiffFile(out) as tif:
+        page = tif.pages[0]
+        assert page.compression == tifffile.COMPRESSION.JPEG
+        # RGB JPEG, not YCbCr: no colour transform for a reader to apply twice (issue #14).
+        assert page.photometric == tifffile.PHOTOMETRIC.RGB
+        level0 = tif.series[0].levels[0].asarray()
+    assert _psnr(level0, mosaic) > 40  # full colour resolution; subsampled YCbCr stays near 33 dB
+    np.testing.assert_array_equal(imagecodecs.tiff_decode(out.read_bytes()), level0)  # libtiff
+    with Image.open(out) as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), level0)  # Pillow, through libtiff
+
+
+@pytest.mark.parametrize("compression", ["deflate", "jpeg"])
+def test_grey_mosaic_is_written_as_one_channel(tmp_path, mosaic, compression):
+    grey = np.ascontiguousarray(mosaic[..., 0])
+    out, preview = tmp_path / "g.ome.tif", tmp_path / "g.jpg"
+    info = write_ome_tiff(out, grey.shape, _bands(grey, 300), channels=1, tile=256, compression=compression,
+                          pixel_size_um=2.0, preview_path=preview, preview_width=300)
+    assert info["shape"] == grey.shape and len(info["levels"]) == 4
+    with tifffile.TiffFile(out) as tif:
+        series = tif.series[0]
+        assert series.axes == "YX" and tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        levels = [level.asarray() for level in series.levels]
+    expect = grey  # every level is halved from the exact pixels, whatever the compression
+    for level in levels:
+        if compression == "deflate":
+            np.testing.assert_array_equal(level, expect)
+        else:
+            assert level.dtype == np.uint8 and _psnr(level, expect) > 38
+        expect = _halve_reference(expect[..., None])[..., 0]
+    with Image.open(preview) as im:
+        assert im.mode == "L" and im.width == 300
+
+
+def test_sixteen_bit_is_refused_clearly_until_supported(tmp_path):
+    with pytest.raises(ValueError, match="dtype must be uint8 for now"):
+        PyramidWriter(tmp_path / "m.ome.tif", (10, 10), channels=1, dtype=np.uint16, compression="deflate")
+    with pytest.raises(ValueError, match="'deflate' or 'none' for uint16"):
+        PyramidWriter(tmp_path / "m.ome.tif", (10, 10), channels=1, dtype=np.uint16)
