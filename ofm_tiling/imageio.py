@@ -4,7 +4,8 @@ Full-resolution JPEG decodes go through libjpeg-turbo in imagecodecs, which writ
 numpy array: about 3x faster than decoding with Pillow and then converting its image to numpy (for
 an 8 MP tile, 15 ms against 50 ms here). Reduced decodes use Pillow, whose libjpeg DCT scaling
 imagecodecs does not offer. Anything imagecodecs declines (another format, CMYK, a damaged file)
-goes to Pillow, which decodes it or gives the error.
+goes to Pillow, which decodes it or gives the error. Pillow's decompression-bomb guard stays on
+(a microscope tile is far below its 179-megapixel limit); an image beyond it is a one-line error.
 """
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ import numpy as np
 from PIL import Image
 
 from .errors import OfmTilingError
-
-Image.MAX_IMAGE_PIXELS = None  # tiles are trusted to be large; mosaics are never opened with Pillow
 
 _TAIL = 256  # an end-of-image marker is looked for in this many final bytes (as collect does)
 
@@ -47,7 +46,7 @@ def _decode_jpeg(path: str | os.PathLike, colorspace: str) -> np.ndarray | None:
 
 def _open(path: str | os.PathLike, mode: str, scale: int) -> Image.Image:
     try:
-        im = Image.open(path)
+        im: Image.Image = Image.open(path)
         size = (-(-im.width // scale), -(-im.height // scale))
         if im.format == "JPEG":
             # libjpeg decodes straight to grey, and with DCT-domain scaling at 1/2, 1/4 or 1/8 size,
@@ -58,10 +57,10 @@ def _open(path: str | os.PathLike, mode: str, scale: int) -> Image.Image:
             im = im.convert(mode)
     except FileNotFoundError:
         raise OfmTilingError(path, "file not found") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise OfmTilingError(path, f"cannot decode image ({exc})") from None
     if im.size != size:
-        im = im.resize(size, Image.BILINEAR)
+        im = im.resize(size, Image.Resampling.BILINEAR)
     return im
 
 

@@ -71,3 +71,17 @@ def test_damaged_files_are_one_line_errors(tmp_path, texture):
             with pytest.raises(OfmTilingError) as info:
                 read(path)
             assert path.name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_importing_leaves_pillows_bomb_guard_on(tmp_path, texture, monkeypatch):
+    import subprocess
+    import sys
+
+    code = "import PIL.Image, ofm_tiling.imageio; print(PIL.Image.MAX_IMAGE_PIXELS)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(done.stdout) > 0  # no side effect at import
+    # An image beyond the guard is a one-line error, not a traceback (guard lowered to test it).
+    path = _save(tmp_path / "t.png", texture)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(OfmTilingError, match="t.png.*cannot decode image"):
+        read_rgb(path)

@@ -1,4 +1,4 @@
-"""Pyramidal OME-TIFF and preview writing: read back with tifffile, atomic, bounded memory."""
+"""Pyramidal OME-TIFF writing: read back with tifffile, options checked first, atomic, bounded memory."""
 from __future__ import annotations
 
 import errno
@@ -8,19 +8,20 @@ import subprocess
 import sys
 import textwrap
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-
-from ofm_tiling import writers
-from ofm_tiling.errors import OfmTilingError
-from ofm_tiling.fuse import fuse_bands, mosaic_shape
-from ofm_tiling.writers import _halve, atomic_path, write_ome_tiff, write_preview
-
+from test_bands import halve_reference
 from test_fuse import _cut, _grid, _he_image, _psnr
+
+from ofm_tiling import bands as bands_module
+from ofm_tiling.errors import OfmTilingError
+from ofm_tiling.files import atomic_file
+from ofm_tiling.fuse import fuse_bands, mosaic_shape
+from ofm_tiling.preview import write_preview
+from ofm_tiling.pyramid import PyramidWriter, check_options, write_ome_tiff
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +36,6 @@ def mosaic() -> np.ndarray:
 def _bands(image: np.ndarray, rows: int):
     for y0 in range(0, len(image), rows):
         yield y0, image[y0 : y0 + rows]
-
-
-def _halve_reference(a: np.ndarray) -> np.ndarray:
-    """2x2 area mean, odd edges replicated (the mean over the pixels that exist)."""
-    a = np.pad(a.astype(float), ((0, len(a) % 2), (0, a.shape[1] % 2), (0, 0)), mode="edge")
-    return np.floor(a.reshape(len(a) // 2, 2, a.shape[1] // 2, 2, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
-
-
-def test_halve_is_the_rounded_area_mean():
-    rng = np.random.default_rng(0)
-    for shape in ((6, 8, 3), (7, 9, 3), (1, 1, 3), (5, 20000, 3)):
-        a = rng.integers(0, 256, shape, dtype=np.uint8)
-        np.testing.assert_array_equal(_halve(a), _halve_reference(a))
-        with ThreadPoolExecutor(2) as pool:
-            for pieces in (2, 3, 7):  # pieces meet on even columns, whatever the width
-                np.testing.assert_array_equal(_halve(a, pool, pieces), _halve_reference(a))
 
 
 @pytest.mark.parametrize("band_rows", [100, 256])  # regrouped into tile rows / passed through
@@ -77,7 +62,7 @@ def test_deflate_round_trip_is_exact_with_pyramid_and_pixel_size(tmp_path, mosai
         np.testing.assert_array_equal(series.levels[0].asarray(), mosaic)
         expect = mosaic
         for level in series.levels[1:]:
-            expect = _halve_reference(expect)
+            expect = halve_reference(expect)
             np.testing.assert_array_equal(level.asarray(), expect)
 
 
@@ -185,21 +170,21 @@ def test_full_disk_is_a_user_error(tmp_path, mosaic, monkeypatch):
     def no_space(self, y0, rows):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writers._Spool, "write", no_space)
+    monkeypatch.setattr(bands_module.Spool, "write", no_space)
     with pytest.raises(OfmTilingError, match="disk is full"):
         write_ome_tiff(tmp_path / "m.ome.tif", mosaic.shape, _bands(mosaic, 500), tile=256)
     assert os.listdir(tmp_path) == []
 
 
-def test_atomic_path(tmp_path):
+def test_atomic_file(tmp_path):  # moves to the lead's tests/test_files.py
     target = tmp_path / "a.txt"
-    with atomic_path(target) as tmp:
+    with atomic_file(target) as tmp:
         assert os.path.dirname(tmp) == str(tmp_path) and not target.exists()
         with open(tmp, "w") as f:
             f.write("done")
     assert target.read_text() == "done"
     with pytest.raises(KeyError):
-        with atomic_path(target) as tmp:
+        with atomic_file(target) as tmp:
             with open(tmp, "w") as f:
                 f.write("half")
             raise KeyError("interrupted")
@@ -219,7 +204,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
     from ofm_tiling.fuse import fuse_bands, mosaic_shape
-    from ofm_tiling.writers import write_ome_tiff
+    from ofm_tiling.pyramid import write_ome_tiff
 
     rows, folder = int(sys.argv[1]), sys.argv[2]
     th, tw, cols = 1000, 1500, 4
@@ -269,3 +254,85 @@ def test_peak_memory_does_not_grow_with_mosaic_height(tmp_path):
     assert grown < 0.2 * mosaic_grown
     # Working set (two rows of 4.5 MB tiles, bands, scratch, encoder) well under the mosaic.
     assert runs[24]["peak_mb"] - runs[24]["before_mb"] < 0.5 * runs[24]["mosaic_mb"]
+
+
+def test_check_options_names_the_parameter():
+    assert check_options(compression="JPEG", quality=np.int64(75)).quality == 75
+    assert check_options(compression="zlib").name == "deflate"  # a synonym
+    assert check_options(compression="none", dtype=np.uint16).name == "none"
+    bad = [({"compression": "png"}, "compression must be one of 'jpeg', 'deflate', 'none', got 'png'"),
+           ({"quality": 0}, "quality must be an integer from 1 to 100, got 0"),
+           ({"quality": 101}, "quality must be an integer from 1 to 100"),
+           ({"quality": 90.5}, "quality must be an integer from 1 to 100"),
+           ({"quality": True}, "quality must be an integer from 1 to 100"),
+           ({"dtype": np.uint16}, "compression must be 'deflate' or 'none' for uint16"),
+           ({"dtype": np.float32}, "dtype must be uint8 or uint16")]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            check_options(**kwargs)
+
+
+def test_bad_options_are_refused_before_any_pixel_is_read(tmp_path, mosaic):
+    started = []
+
+    def bands():
+        started.append(True)
+        yield 0, mosaic
+
+    bad = [({"quality": 0}, "quality"), ({"compression": "lzw"}, "compression"), ({"tile": 100}, "tile"),
+           ({"levels": 0}, "levels"), ({"pixel_size_um": -1}, "pixel_size_um"), ({"channels": 2}, "channels"),
+           ({"preview_path": tmp_path / "p.jpg", "preview_width": 0}, "preview_width")]
+    for kwargs, name in bad:
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            PyramidWriter(tmp_path / "m.ome.tif", mosaic.shape, **kwargs)
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            write_ome_tiff(tmp_path / "m.ome.tif", mosaic.shape, bands(), **kwargs)
+    with pytest.raises(ValueError, match=r"shape must be \(height, width\) or \(height, width, 3\)"):
+        PyramidWriter(tmp_path / "m.ome.tif", (10, 10, 4))
+    assert not started and os.listdir(tmp_path) == []
+
+
+def test_jpeg_tiles_are_rgb_jpeg_read_alike_by_tifffile_libtiff_and_pillow(tmp_path, mosaic):
+    import imagecodecs
+
+    out = tmp_path / "m.ome.tif"
+    write_ome_tiff(out, mosaic.shape, _bands(mosaic, 256), tile=256, quality=90, levels=2)
+    with tifffile.TiffFile(out) as tif:
+        page = tif.pages[0]
+        assert page.compression == tifffile.COMPRESSION.JPEG
+        # RGB JPEG, not YCbCr: no colour transform for a reader to apply twice (issue #14).
+        assert page.photometric == tifffile.PHOTOMETRIC.RGB
+        level0 = tif.series[0].levels[0].asarray()
+    assert _psnr(level0, mosaic) > 40  # full colour resolution; subsampled YCbCr stays near 33 dB
+    np.testing.assert_array_equal(imagecodecs.tiff_decode(out.read_bytes()), level0)  # libtiff
+    with Image.open(out) as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), level0)  # Pillow, through libtiff
+
+
+@pytest.mark.parametrize("compression", ["deflate", "jpeg"])
+def test_grey_mosaic_is_written_as_one_channel(tmp_path, mosaic, compression):
+    grey = np.ascontiguousarray(mosaic[..., 0])
+    out, preview = tmp_path / "g.ome.tif", tmp_path / "g.jpg"
+    info = write_ome_tiff(out, grey.shape, _bands(grey, 300), channels=1, tile=256, compression=compression,
+                          pixel_size_um=2.0, preview_path=preview, preview_width=300)
+    assert info["shape"] == grey.shape and len(info["levels"]) == 4
+    with tifffile.TiffFile(out) as tif:
+        series = tif.series[0]
+        assert series.axes == "YX" and tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        levels = [level.asarray() for level in series.levels]
+    expect = grey  # every level is halved from the exact pixels, whatever the compression
+    for level in levels:
+        if compression == "deflate":
+            np.testing.assert_array_equal(level, expect)
+        else:
+            assert level.dtype == np.uint8 and _psnr(level, expect) > 38
+        expect = halve_reference(expect[..., None])[..., 0]
+    with Image.open(preview) as im:
+        assert im.mode == "L" and im.width == 300
+
+
+def test_sixteen_bit_is_refused_clearly_until_supported(tmp_path):
+    with pytest.raises(ValueError, match="dtype must be uint8 for now"):
+        PyramidWriter(tmp_path / "m.ome.tif", (10, 10), channels=1, dtype=np.uint16, compression="deflate")
+    with pytest.raises(ValueError, match="'deflate' or 'none' for uint16"):
+        PyramidWriter(tmp_path / "m.ome.tif", (10, 10), channels=1, dtype=np.uint16)

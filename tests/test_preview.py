@@ -1,0 +1,42 @@
+"""The JPEG preview: size rules, atomic writing, and the row-by-row resize from a pyramid level."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from ofm_tiling.preview import preview_shape, write_preview, write_preview_from_rows
+
+
+class _Rows:
+    def __init__(self, image: np.ndarray):
+        self.image, self.shape = image, image.shape[:2]
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        return self.image[y0:y1]
+
+
+def test_preview_size_rules():
+    assert preview_shape((1000, 4000), 2000) == (500, 2000)
+    assert preview_shape((100, 300), 2000) == (100, 300)  # never enlarged
+    assert preview_shape((200000, 1000), 2000)[0] <= 65500  # JPEG's height limit
+
+
+def test_row_by_row_preview_matches_one_resize(tmp_path):
+    rng = np.random.default_rng(5)
+    from scipy import ndimage
+
+    image = np.clip(ndimage.gaussian_filter(rng.normal(size=(900, 700, 3)), (3, 3, 0)) * 400 + 128, 0, 255)
+    image = image.astype(np.uint8)
+    write_preview_from_rows(tmp_path / "p.jpg", _Rows(image), (300, 233), quality=95, rows=64)
+    write_preview(tmp_path / "q.jpg", image, width=233, quality=95)
+    with Image.open(tmp_path / "p.jpg") as a, Image.open(tmp_path / "q.jpg") as b:
+        assert a.size == b.size == (233, 300)
+        diff = np.abs(np.asarray(a).astype(int) - np.asarray(b))
+    assert diff.mean() < 1.5  # blocks join seamlessly: the same picture as one whole resize
+    grey = np.ascontiguousarray(image[..., 0])
+    write_preview_from_rows(tmp_path / "g.jpg", _Rows(grey), (300, 233))
+    with Image.open(tmp_path / "g.jpg") as g:
+        assert g.mode == "L" and g.size == (233, 300)
+    assert sorted(os.listdir(tmp_path)) == ["g.jpg", "p.jpg", "q.jpg"]
