@@ -15,7 +15,7 @@ One run measures, on the same generated scan with known truth:
   threads, with ``ofm_tiling.imageio.read_rgb`` (libjpeg-turbo through imagecodecs, straight into
   numpy: the decoder the fusion uses, and about 3x faster here than Pillow plus a conversion to
   numpy), and (b) writing an OME-TIFF of exactly our mosaic's size with the same
-  writer and settings (``ofm_tiling.writers.write_ome_tiff``: 512 px JPEG tiles at quality 90,
+  writer and settings (``ofm_tiling.pyramid.write_ome_tiff``: 512 px JPEG tiles at the default quality,
   full pyramid, preview), from bands assembled by placing decoded tiles edge to edge on a grid
   (real image content, so JPEG costs the same; no registration, no overlap, no blending). Our
   total is reported as a ratio of it;
@@ -370,7 +370,8 @@ def task_fuse(a: dict) -> dict:
 
     from ofm_tiling.fuse import fuse_bands, mosaic_shape
     from ofm_tiling.imageio import read_rgb
-    from ofm_tiling.writers import write_ome_tiff
+    from ofm_tiling.options import DEFAULT_QUALITY
+    from ofm_tiling.pyramid import write_ome_tiff
 
     use = Path(a["use"])
     _, _, paths, shape = _use_tiles(use)
@@ -382,7 +383,7 @@ def task_fuse(a: dict) -> dict:
     t0 = time.perf_counter()
     mshape = mosaic_shape(pos, shape)
     bands = fuse_bands(lambda i: read_rgb(paths[i]), pos, shape, workers=a["workers"])
-    write_ome_tiff(out / "mosaic.ome.tif", mshape, bands, compression="jpeg", quality=90,
+    write_ome_tiff(out / "mosaic.ome.tif", mshape, bands, compression="jpeg", quality=DEFAULT_QUALITY,
                    preview_path=out / "preview.jpg", workers=a["workers"], name="benchmark")
     return {"fuse_write_s": time.perf_counter() - t0, "mosaic_shape": list(mshape),
             "mosaic_bytes": (out / "mosaic.ome.tif").stat().st_size}
@@ -422,7 +423,8 @@ def task_floor(a: dict) -> dict:
     import numpy as np
 
     from ofm_tiling.imageio import read_rgb
-    from ofm_tiling.writers import write_ome_tiff
+    from ofm_tiling.options import DEFAULT_QUALITY
+    from ofm_tiling.pyramid import write_ome_tiff
 
     use = Path(a["use"])
     _, _, paths, (th, tw) = _use_tiles(use)
@@ -457,7 +459,7 @@ def task_floor(a: dict) -> dict:
     out = Path(a["out"])
     out.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
-    write_ome_tiff(out / "floor.ome.tif", (H, W), bands(), compression="jpeg", quality=90,
+    write_ome_tiff(out / "floor.ome.tif", (H, W), bands(), compression="jpeg", quality=DEFAULT_QUALITY,
                    preview_path=out / "preview.jpg", workers=a["workers"], name="floor")
     t_encode = time.perf_counter() - t1
     return {"decode_s": t_decode, "encode_s": t_encode, "floor_s": t_decode + t_encode, "tiles": len(paths),

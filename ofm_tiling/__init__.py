@@ -7,7 +7,7 @@ The public façade mirrors the command line::
     result = ofm_tiling.stitch("scan")               # SCAN/stitched/, like `ofm-tiling stitch`
 
 The stages are modules of their own, in pipeline order: `scan` and `metadata` (reading),
-`collect`, `layout` and `tileconfig`, `register`, `solve`, `fuse`, `writers`, `report`; `backend`
+`collect`, `layout` and `tileconfig`, `register`, `solve`, `fuse`, `pyramid` and `preview`, `report`; `backend`
 and `fiji` (the two backends), `focus`, `synthetic`. Names are imported on first use, so the
 command line starts without loading numpy or Pillow.
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import OfmTilingError, OptionError
-from .options import CHOICES, CollectOptions, StitchOptions
+from .options import CHOICES, DEFAULT_QUALITY, CollectOptions, StitchOptions
 
 log = logging.getLogger("ofm_tiling")
 
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Fiji: keep Fiji's own fused image (refused when a placement needed correcting)")
     p.add_argument("--compression", choices=CHOICES["compression"], default="jpeg",
                    help="OME-TIFF tile compression (default jpeg)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the OME-TIFF tiles, 1-100 (default 90)")
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
+                   help=f"JPEG quality of the OME-TIFF tiles, 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--no-focus-check", dest="check_focus", action="store_false",
                    help="skip the focus curve of every stack in the report")
     p.add_argument("--wait", action="store_true",

@@ -21,7 +21,7 @@ class OfmTilingError(Exception):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
-class OptionError(OfmTilingError):
+class OptionError(OfmTilingError, ValueError):
     """An option value that cannot work, found before any work starts.
 
     The message names the library parameter (``quality must be …``); the command line reports it

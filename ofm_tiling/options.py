@@ -23,6 +23,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compression": ("jpeg", "deflate", "none"),
 }
 QUALITY_RANGE = (1, 100)
+#: JPEG quality of the mosaic's RGB tiles: colour within 38 dB of the exact mosaic at about 1.2x the
+#: size of the former YCbCr tiles (measured in benchmarks/jpeg_colour.py, see BENCHMARKS.md).
+DEFAULT_QUALITY = 80
 
 
 def _check_choice(name: str, value: object) -> None:
@@ -81,7 +84,7 @@ class StitchOptions(CollectOptions):
     fiji_layout: str = "positions"
     keep_fiji_mosaic: bool = False
     compression: str = "jpeg"
-    quality: int = 90
+    quality: int = DEFAULT_QUALITY
     check_focus: bool = True
     viewer: bool = False
     wait: bool = False
@@ -90,8 +93,9 @@ class StitchOptions(CollectOptions):
         super().check()
         _check_choice("backend", self.backend)
         _check_choice("fiji_layout", self.fiji_layout)
-        _check_choice("compression", self.compression)
-        _check_int("quality", self.quality, *QUALITY_RANGE)
+        from .pyramid import check_options  # the writer is the home of its own rules
+
+        check_options(compression=self.compression, quality=self.quality)
         if self.backend != "fiji":
             for name in ("fiji", "keep_fiji_mosaic"):
                 if getattr(self, name):

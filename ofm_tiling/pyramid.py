@@ -26,15 +26,16 @@ import numpy as np
 import tifffile
 
 from .bands import Spool, halve, in_background, rechunk
-from .errors import OfmTilingError
+from .errors import OfmTilingError, OptionError
 from .files import atomic_file
+from .options import CHOICES, QUALITY_RANGE
 from .preview import preview_shape, preview_width, write_preview_from_rows
 
 __all__ = ["COMPRESSIONS", "Codec", "PixelFormat", "LevelPlan", "check_options", "plan_levels",
            "PyramidWriter", "write_ome_tiff"]
 
 #: Tile compressions by name ("zlib" is also accepted for "deflate").
-COMPRESSIONS = ("jpeg", "deflate", "none")
+COMPRESSIONS = CHOICES["compression"]
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,16 @@ def check_options(*, compression: str = "jpeg", quality: int = 90, dtype: np.dty
     name = str(compression).lower()
     name = "deflate" if name == "zlib" else name
     if name not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {', '.join(map(repr, COMPRESSIONS))}, got {compression!r}")
+        raise OptionError("compression", f"must be one of {', '.join(map(repr, COMPRESSIONS))}, got {compression!r}")
     q = operator.index(quality) if hasattr(quality, "__index__") and not isinstance(quality, bool) else 0
-    if not 1 <= q <= 100:
-        raise ValueError(f"quality must be an integer from 1 to 100, got {quality!r}")
+    if not QUALITY_RANGE[0] <= q <= QUALITY_RANGE[1]:
+        raise OptionError("quality", f"must be an integer from {QUALITY_RANGE[0]} to {QUALITY_RANGE[1]}, "
+                                     f"got {quality!r}")
     dt = np.dtype(dtype)
     if dt not in (np.uint8, np.uint16):
         raise ValueError(f"dtype must be uint8 or uint16, got {dt}")
     if dt == np.uint16 and name == "jpeg":
-        raise ValueError("compression must be 'deflate' or 'none' for uint16 pixels (JPEG holds 8 bits)")
+        raise OptionError("compression", "must be 'deflate' or 'none' for uint16 pixels (JPEG holds 8 bits)")
     return Codec(name, q)
 
 

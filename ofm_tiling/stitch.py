@@ -228,7 +228,7 @@ def _write_outputs(folder: Path, collection: Collection, placement: Placement, m
                    timings: dict[str, float]) -> tuple[int, int]:
     """Write the registered TileConfiguration, the mosaic, its preview, the report and the picture."""
     from .tileconfig import write_tile_configuration
-    from .writers import write_ome_tiff
+    from .pyramid import write_ome_tiff
 
     write_tile_configuration(collection.use_dir / REGISTERED, collection.names, placement.positions)
     write_ome_tiff(folder / MOSAIC, mosaic.shape, mosaic.bands, pixel_size_um=collection.pixel_size_um,

@@ -11,8 +11,8 @@ from ofm_tiling.stitch import stitch
 
 
 @pytest.mark.parametrize("args, flag, problem", [
-    (["--quality", "0"], "--quality", "must be a whole number from 1 to 100, not 0"),
-    (["--quality", "101"], "--quality", "must be a whole number from 1 to 100, not 101"),
+    (["--quality", "0"], "--quality", "must be an integer from 1 to 100, got 0"),
+    (["--quality", "101"], "--quality", "must be an integer from 1 to 100, got 101"),
     (["--workers", "0"], "--workers", "must be a whole number of at least 1, not 0"),
     (["--grid", "3x2"], "--overlap", "must be a fraction from 0 to below 1 with grid"),
     (["--overlap", "0.3"], "--overlap", "is used only with grid"),
@@ -30,7 +30,7 @@ def test_bad_option_values_stop_before_any_work(copy_scan, capsys, args, flag, p
 
 def test_library_errors_name_parameters(copy_scan):
     scan, _ = copy_scan("options", grid=(2, 2))
-    with pytest.raises(OptionError, match=r"^quality must be a whole number from 1 to 100, not 0$") as err:
+    with pytest.raises(OptionError, match=r"^quality must be an integer from 1 to 100, got 0$") as err:
         stitch(scan, quality=0)
     assert err.value.parameter == "quality"
     with pytest.raises(OptionError, match=r"^backend must be one of 'builtin', 'fiji', not 'imagej'$"):
