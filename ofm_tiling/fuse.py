@@ -9,9 +9,7 @@ Each band is cut along every tile edge into cells covered by a fixed set of tile
 tile are copied, overlap cells blended, in vertical stripes on `workers` threads. Blending rounds
 to 8 bits at each tile of a cell, so an overlap differs from the exact weighted mean by at most
 about half a grey level per covering tile.
-
-The mosaic's size has one home, :func:`mosaic_shape`: the bands cover exactly that many rows and
-columns, and :func:`fuse_mosaic` hands the same shape to whoever writes the image.
+The mosaic's size has one home, :func:`mosaic_shape`, which :func:`fuse_mosaic` hands on.
 """
 from __future__ import annotations
 
@@ -214,15 +212,9 @@ def fuse_mosaic(
     -------
     Mosaic
         ``shape`` is :func:`mosaic_shape` and the bands cover exactly that: pass both to the
-        writer and report that same shape.
+        writer and report that same shape (then the size printed is the size written).
     """
-    if callable(tiles):
-        read_tile = tiles
-    else:
-        paths = [os.fspath(p) for p in tiles]
-        if len(paths) != len(np.asarray(positions).reshape(-1, 2)):
-            raise ValueError(f"{len(paths)} tiles but {len(np.asarray(positions).reshape(-1, 2))} positions")
-        read_tile = _path_reader(paths)
+    read_tile = tiles if callable(tiles) else _path_reader(tiles, len(np.asarray(positions).reshape(-1, 2)))
     plan = _plan(positions, tile_shape, band_height=options.pop("band_height", 512),
                  blend=options.pop("blend", "feather"), feather_width=options.pop("feather_width", None),
                  fill=options.pop("fill", 0), workers=workers)
@@ -231,9 +223,12 @@ def fuse_mosaic(
     return Mosaic(plan.shape, _bands(read_tile, plan, progress))
 
 
-def _path_reader(paths: list[str]) -> ReadTile:
+def _path_reader(tiles: Sequence[str | os.PathLike], n: int) -> ReadTile:
     from .imageio import read_rgb
 
+    paths = [os.fspath(p) for p in tiles]
+    if len(paths) != n:
+        raise ValueError(f"{len(paths)} tiles but {n} positions")
     return lambda i: read_rgb(paths[i])
 
 
@@ -257,12 +252,9 @@ def _most_tiles_per_band(tops: np.ndarray, th: int, height: int, band_height: in
 
 
 class _Decoder:
-    """Decodes tiles on worker threads in the order the bands need them (by top edge).
-
-    It reads ahead as far as this many decoded tiles allow: the most a single band needs, so the
-    next row of tiles decodes while the bands cross the current one, yet no more than that (~two
-    rows) is ever held.
-    """
+    """Decodes tiles on worker threads in the order the bands need them (by top edge), reading
+    ahead as far as the most tiles a single band needs: the next row of tiles decodes while the
+    bands cross the current one, yet no more than that (~two rows) is ever held."""
 
     def __init__(self, read_tile: ReadTile, plan: _Plan):
         self.read_tile, self.plan = read_tile, plan
