@@ -17,9 +17,17 @@ from ofm_tiling.pixels import raised_cosine
 TILE = (400, 520)  # (height, width)
 
 
+def _he_image() -> np.ndarray:
+    """The real H&E sample, 2000 x 1600 and mostly tissue (also used by test_writers)."""
+    return he_sample()[900:2900, 500:2100]
+
+
+_psnr = psnr  # test_writers imports it from here; it should import conftest's psnr itself
+
+
 @pytest.fixture(scope="module")
 def source() -> np.ndarray:
-    return he_sample()[900:2900, 500:2100]  # 2000 x 1600, mostly tissue
+    return _he_image()
 
 
 def _grid(rows: int, cols: int, step=(440, 330), jitter=12, seed=0) -> np.ndarray:
@@ -280,3 +288,24 @@ def test_reported_shape_is_the_shape_written(tmp_path, offset):
     for x, y in np.rint(pos - pos.min(0)).astype(int):
         assert (written[y : y + 30, x : x + 40] >= 20).all()
     assert written[-1, :].any() and written[:, -1].any()  # no empty last row or column
+
+
+def test_real_fiji_positions_give_the_size_written(tmp_path):
+    """Issue 11 item 5 on the real run (../shared/reference/real-fiji/normal): Fiji's own fused
+    image was 2006 x 1176 while the command printed `mosaic_shape`, 2005 x 1175. Fused by us from
+    Fiji's registered positions, the file written has the size `fuse_mosaic` reports."""
+    import re
+    from pathlib import Path
+
+    from ofm_tiling.writers import write_ome_tiff
+
+    folder = Path("/work/shared/reference/real-fiji/normal")
+    text = (folder / "fiji-TileConfiguration.registered.txt").read_text()
+    rows = re.findall(r"^(\S+); ; \(([-\d.eE]+), ([-\d.eE]+)\)", text, re.M)
+    positions = np.array([(float(x), float(y)) for _, x, y in rows])
+    mosaic = fuse_mosaic([folder / "use" / name for name, _, _ in rows], positions, (480, 640), workers=2)
+    assert mosaic.shape == mosaic_shape(positions, (480, 640)) == (1175, 2005)
+    write_ome_tiff(tmp_path / "m.ome.tif", mosaic.shape, mosaic.bands, workers=2)
+    written = tifffile.imread(tmp_path / "m.ome.tif")
+    assert written.shape == (1175, 2005, 3)
+    assert (written[-1] > 0).any() and (written[:, -1] > 0).any()  # tissue up to the last row and column
