@@ -1,19 +1,36 @@
-"""What the stitcher decided and why: a JSON report and a layout picture for a person to check."""
+"""What the stitcher decided and why, as JSON: ``stitching-report.json``.
+
+The report is written from a `ofm_tiling.placement.Placement`, whichever backend made it, so the
+links are listed the same way for the built-in registration and for Fiji (predicted and measured
+shift, correlation, threshold, kept or why not, residual), and every tile whose position was
+corrected after the backend placed it says why. The layout picture is `ofm_tiling.layout_picture`.
+
+Format ``"ofm-tiling stitching report"``, version 2 (version 1 had no ``backend``, ``notes``,
+per-tile ``correction`` nor ``summary.tiles_corrected``; everything else is unchanged).
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
-from .solve import Solution, apply_model
+from .files import write_text_atomic
+from .placement import Criteria, Link, Placement, apply_model
 
-__all__ = ["link_table", "write_report", "draw_layout"]
+__all__ = ["FORMAT", "VERSION", "ReportFrame", "report_frame", "dropped_in_solve", "link_status",
+           "link_table", "tile_table", "report_document", "write_report"]
+
+FORMAT = "ofm-tiling stitching report"
+VERSION = 2
+
+ACCEPTED = "accepted"
+REJECTED_IN_REGISTRATION = "rejected in registration"
+REJECTED_IN_SOLVE = "rejected in global solve"
 
 
 def _num(v: Any) -> Any:
@@ -33,23 +50,53 @@ def _vec(v: Any) -> list | None:
     return None if any(x is None for x in out) else out
 
 
-def _status(link: Any, rejected_in_solve: set) -> tuple[bool, str]:
-    if not link.accepted:
-        return False, "rejected in registration"
-    if (link.i, link.j) in rejected_in_solve:
-        return False, "rejected in global solve"
-    return True, "accepted"
+class ReportFrame(NamedTuple):
+    """A placement and stage positions in one frame, ready for the report and the picture."""
+
+    placement: Placement
+    stage_positions: np.ndarray
 
 
-def link_table(links: Sequence[Any], solution: Solution | None = None, *,
-               names: Sequence[str] | None = None) -> list[dict]:
-    """One JSON-ready row per link.
+def report_frame(placement: Placement, stage_positions: np.ndarray) -> ReportFrame:
+    """Move the stage positions by the mean displacement, so displacements exclude the one global
+    shift between stage and placement, and rewrite the stage model for the moved positions.
 
     Parameters
     ----------
-    links : sequence of Link
-    solution : Solution, optional
-        Adds residuals and marks links the global solve dropped.
+    placement : Placement
+        Its ``stage_model`` maps `stage_positions` to its positions (as a backend returns it, and
+        after `Placement.shifted`).
+    stage_positions : (N, 2) array_like
+        The stage-predicted top-left corners ``(x, y)`` in pixels.
+    """
+    stage = np.asarray(stage_positions, float).reshape(-1, 2)
+    if len(stage) != len(placement.positions):
+        raise ValueError(f"{len(stage)} stage positions but {len(placement.positions)} placed tiles")
+    shift = (np.asarray(placement.positions, float) - stage).mean(axis=0) if len(stage) else np.zeros(2)
+    model = np.array(placement.stage_model, dtype=float)
+    model[:, 2] -= model[:, :2] @ shift
+    return ReportFrame(replace(placement, stage_model=model), stage + shift)
+
+
+def dropped_in_solve(placement: Placement) -> set[tuple[int, int]]:
+    """The links the placement's global solve dropped, as ``(i, j)`` pairs."""
+    return {(int(i), int(j)) for i, j in placement.rejected_in_solve}
+
+
+def link_status(link: Link, dropped: set[tuple[int, int]]) -> str:
+    """``"accepted"``, ``"rejected in registration"`` or ``"rejected in global solve"``."""
+    if not link.accepted:
+        return REJECTED_IN_REGISTRATION
+    return REJECTED_IN_SOLVE if (link.i, link.j) in dropped else ACCEPTED
+
+
+def link_table(placement: Placement, *, names: Sequence[str] | None = None) -> list[dict]:
+    """One JSON-ready row per link of `placement`, whichever backend measured it.
+
+    Parameters
+    ----------
+    placement : Placement
+        Its links, residuals and the links its solve dropped.
     names : sequence of str, optional
         Tile names, added as ``name_i`` / ``name_j``.
 
@@ -57,18 +104,18 @@ def link_table(links: Sequence[Any], solution: Solution | None = None, *,
     -------
     list of dict
         Tiles, predicted and measured shift ``(dx, dy)``, deviation from the prediction,
-        correlation and the threshold it had to reach, final status, the reason and the residual
-        (px) at the solution. Missing values are None.
+        correlation (Fiji's R for the Fiji backend) and the threshold it had to reach, final
+        status, the reason and the residual (px) at the final positions. Missing values are None.
     """
-    rejected = set(solution.rejected_in_solve) if solution is not None else set()
+    dropped = dropped_in_solve(placement)
     rows = []
-    for lk in links:
-        ok, status = _status(lk, rejected)
+    for lk in placement.links:
+        status = link_status(lk, dropped)
         shift = None if lk.shift is None else np.asarray(lk.shift, float)
         pred = np.asarray(lk.predicted, float)
+        residual = placement.residuals.get((lk.i, lk.j))
         reason = lk.reason
-        residual = solution.residuals.get((lk.i, lk.j)) if solution is not None else None
-        if status == "rejected in global solve":
+        if status == REJECTED_IN_SOLVE:
             reason = ("disagrees with the other links" if residual is None
                       else f"disagrees with the other links by {residual:.2f} px")
         row = {
@@ -77,10 +124,10 @@ def link_table(links: Sequence[Any], solution: Solution | None = None, *,
             "measured_shift": _vec(shift),
             "deviation": None if shift is None else _num(float(np.linalg.norm(shift - pred))),
             "correlation": _num(float(lk.correlation)),
-            "threshold": _num(float(getattr(lk, "threshold", float("nan")))),
-            "fine_correlation": _num(float(getattr(lk, "fine_correlation", float("nan")))),
+            "threshold": _num(float(lk.threshold)),
+            "fine_correlation": _num(float(lk.fine_correlation)),
             "overlap": [int(v) for v in lk.overlap],
-            "accepted": ok,
+            "accepted": status == ACCEPTED,
             "status": status,
             "reason": reason,
             "residual": _num(residual),
@@ -91,64 +138,19 @@ def link_table(links: Sequence[Any], solution: Solution | None = None, *,
     return rows
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_report(
-    path: str | os.PathLike,
-    *,
-    names: Sequence[str],
-    stage_positions: np.ndarray,
-    solution: Solution,
-    registration: Any,
-    extra: dict | None = None,
-) -> None:
-    """Write ``stitching-report.json``: every tile, every link, the thresholds and a summary.
-
-    Parameters
-    ----------
-    path : path-like
-        Output file; written atomically (temporary name, then renamed).
-    names : sequence of str
-        Tile names (e.g. file names), in the order of the positions.
-    stage_positions : (N, 2) array_like
-        Stage-predicted top-left corners ``(x, y)`` in pixels.
-    solution : Solution
-        Result of :func:`ofm_tiling.solve.solve`.
-    registration : Registration
-        Result of :func:`ofm_tiling.register.register`.
-    extra : dict, optional
-        More JSON-ready information to store under ``"extra"`` (options, timings, versions).
-    """
-    stage = np.asarray(stage_positions, float)
-    pos = np.asarray(solution.positions, float)
-    if len(names) != len(stage) or len(pos) != len(stage):
-        raise ValueError(f"{len(names)} names, {len(stage)} stage positions and {len(pos)} solved positions")
-    links = list(registration.links)
-    table = link_table(links, solution, names=names)
-    group_of = {k: g for g, members in enumerate(solution.groups) for k in members}
+def tile_table(placement: Placement, stage_positions: np.ndarray, names: Sequence[str],
+               links: Sequence[dict]) -> list[dict]:
+    """One JSON-ready row per tile: where the stage put it, where it went, its group and links,
+    and the correction applied to it (None when its position is the backend's own)."""
+    stage = np.asarray(stage_positions, float).reshape(-1, 2)
+    pos = np.asarray(placement.positions, float).reshape(-1, 2)
+    group_of = {k: g for g, members in enumerate(placement.groups) for k in members}
     n_links = np.zeros(len(stage), int)
-    for row in table:
+    for row in links:
         if row["accepted"]:
             n_links[row["i"]] += 1
             n_links[row["j"]] += 1
-    model_pos = apply_model(np.asarray(solution.stage_model, float), stage) if len(stage) else stage
+    model_pos = apply_model(placement.stage_model, stage) if len(stage) else stage
     tiles = []
     for k, name in enumerate(names):
         disp = pos[k] - stage[k]
@@ -161,55 +163,98 @@ def write_report(
             "distance_from_stage_model": _num(float(np.linalg.norm(pos[k] - model_pos[k]))),
             "group": group_of.get(k),
             "accepted_links": int(n_links[k]),
+            "correction": placement.corrections.get(k),
         })
-    kept = [r["residual"] for r in table if r["accepted"] and r["residual"] is not None]
+    return tiles
+
+
+def _summary(placement: Placement, tiles: list[dict], links: list[dict]) -> dict:
+    kept = [r["residual"] for r in links if r["accepted"] and r["residual"] is not None]
     dist = [t["distance"] for t in tiles if t["distance"] is not None]
-    null = np.asarray(registration.null_correlations, float)
-    null_sig = np.asarray(getattr(registration, "null_significance", np.zeros(0)), float)
-    summary = {
-        "tiles": len(stage),
-        "links": len(table),
-        "links_accepted": sum(r["accepted"] for r in table),
-        "links_rejected_in_registration": sum(r["status"] == "rejected in registration" for r in table),
-        "links_rejected_in_solve": sum(r["status"] == "rejected in global solve" for r in table),
-        "groups": len(solution.groups),
-        "largest_group": max((len(g) for g in solution.groups), default=0),
-        "tiles_without_accepted_link": [k for k in range(len(stage)) if n_links[k] == 0],
+    return {
+        "tiles": len(tiles),
+        "links": len(links),
+        "links_accepted": sum(r["accepted"] for r in links),
+        "links_rejected_in_registration": sum(r["status"] == REJECTED_IN_REGISTRATION for r in links),
+        "links_rejected_in_solve": sum(r["status"] == REJECTED_IN_SOLVE for r in links),
+        "groups": len(placement.groups),
+        "largest_group": max((len(g) for g in placement.groups), default=0),
+        "tiles_without_accepted_link": [t["index"] for t in tiles if t["accepted_links"] == 0],
+        "tiles_corrected": sorted(int(k) for k in placement.corrections),
         "residual_median": _num(float(np.median(kept))) if kept else None,
         "residual_max": _num(float(np.max(kept))) if kept else None,
         "displacement_median": _num(float(np.median(dist))) if dist else None,
         "displacement_max": _num(float(np.max(dist))) if dist else None,
     }
 
-    def quantiles(v: np.ndarray) -> dict | None:
-        v = v[np.isfinite(v)]
-        if len(v) == 0:
-            return None
-        q = np.quantile(v, [0.5, 0.9, 0.99, 1.0])
-        return {"count": len(v), "median": _num(q[0]), "q90": _num(q[1]), "q99": _num(q[2]), "max": _num(q[3])}
 
-    doc = {
-        "format": "ofm-tiling stitching report",
-        "version": 1,
-        "summary": summary,
-        "thresholds": {
-            "correlation_for_median_overlap": _num(float(registration.threshold)),
-            "significance": _num(float(getattr(registration, "significance_threshold", float("nan")))),
-            "max_deviation_px": _num(float(registration.max_deviation)),
-            "search_radius_px": _num(float(getattr(registration, "search_radius", float("nan")))),
-            "coarse_scale": _num(getattr(registration, "coarse_scale", None)),
-            "null_correlations": quantiles(null),
-            "null_significance": quantiles(null_sig),
-            "stage_correction": _vec(getattr(registration, "stage_correction", None)),
-        },
-        "stage_model": [_vec(row) for row in np.asarray(solution.stage_model, float)],
-        "groups": [[int(k) for k in g] for g in solution.groups],
+def _quantiles(values: np.ndarray) -> dict | None:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return None
+    q = np.quantile(v, [0.5, 0.9, 0.99, 1.0])
+    return {"count": len(v), "median": _num(q[0]), "q90": _num(q[1]), "q99": _num(q[2]), "max": _num(q[3])}
+
+
+def _thresholds(criteria: Criteria) -> dict:
+    return {
+        "correlation_for_median_overlap": _num(float(criteria.threshold)),
+        "significance": _num(float(criteria.significance_threshold)),
+        "max_deviation_px": _num(float(criteria.max_deviation)),
+        "search_radius_px": _num(float(criteria.search_radius)),
+        "coarse_scale": _num(criteria.coarse_scale),
+        "null_correlations": _quantiles(criteria.null_correlations),
+        "null_significance": _quantiles(criteria.null_significance),
+        "stage_correction": _vec(criteria.stage_correction),
+    }
+
+
+def report_document(placement: Placement, *, names: Sequence[str], stage_positions: np.ndarray,
+                    extra: dict | None = None) -> dict:
+    """The report as a JSON-ready dict (see :func:`write_report`)."""
+    stage = np.asarray(stage_positions, float).reshape(-1, 2)
+    n = len(placement.positions)
+    if len(names) != len(stage) or n != len(stage):
+        raise ValueError(f"{len(names)} names, {len(stage)} stage positions and {n} placed tiles")
+    links = link_table(placement, names=names)
+    tiles = tile_table(placement, stage, names, links)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "backend": placement.backend,
+        "notes": [str(note) for note in placement.notes],
+        "summary": _summary(placement, tiles, links),
+        "thresholds": _thresholds(placement.criteria),
+        "stage_model": [_vec(row) for row in np.asarray(placement.stage_model, float)],
+        "groups": [[int(k) for k in g] for g in placement.groups],
         "tiles": tiles,
-        "links": table,
+        "links": links,
         "extra": extra or {},
     }
-    text = json.dumps(doc, indent=1, allow_nan=False, default=_json_default)
-    _atomic_write(path, lambda fh: fh.write(text + "\n"))
+
+
+def write_report(path: str | os.PathLike, placement: Placement, *, names: Sequence[str],
+                 stage_positions: np.ndarray, extra: dict | None = None) -> None:
+    """Write ``stitching-report.json``: every tile, every link, the thresholds and a summary.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file; written atomically (temporary name, then renamed).
+    placement : Placement
+        What the backend returned (after any checks), in the frame of `stage_positions`
+        (see :func:`report_frame`).
+    names : sequence of str
+        Tile names (e.g. file names), in the order of the positions.
+    stage_positions : (N, 2) array_like
+        Stage-predicted top-left corners ``(x, y)`` in pixels, mapped to the placement's
+        positions by its ``stage_model``.
+    extra : dict, optional
+        More JSON-ready information to store under ``"extra"`` (options, timings, versions).
+    """
+    doc = report_document(placement, names=names, stage_positions=stage_positions, extra=extra)
+    write_text_atomic(path, json.dumps(doc, indent=1, allow_nan=False, default=_json_default) + "\n")
 
 
 def _json_default(v: Any) -> Any:
@@ -220,188 +265,3 @@ def _json_default(v: Any) -> Any:
     if isinstance(v, os.PathLike):
         return os.fspath(v)
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
-# --------------------------------------------------------------------------------------------
-# Layout picture
-
-_GREEN, _YELLOW, _RED = (0, 150, 0), (225, 185, 0), (215, 30, 30)
-_MAGENTA, _ARROW, _TILE, _UNLINKED = (190, 0, 190), (20, 90, 230), (90, 90, 90), (240, 130, 0)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: one fixed bitmap size
-        return ImageFont.load_default()
-
-
-def _quality_colour(r: float, threshold: float) -> tuple[int, int, int]:
-    """Yellow at the link's threshold, green at high correlation."""
-    if not math.isfinite(threshold):
-        threshold = 0.1
-    t = float(np.clip((r - threshold) / max(0.9 - threshold, 1e-6), 0, 1)) if math.isfinite(r) else 0.0
-    return tuple(int(round(y + (g - y) * t)) for y, g in zip(_YELLOW, _GREEN))
-
-
-def _dashed(draw: ImageDraw.ImageDraw, p: np.ndarray, q: np.ndarray, colour, width: int, dash: float = 6) -> None:
-    length = float(np.linalg.norm(q - p))
-    n = max(1, int(length / dash))
-    for k in range(0, n, 2):
-        a, b = p + (q - p) * k / n, p + (q - p) * min(k + 1, n) / n
-        draw.line([tuple(a), tuple(b)], fill=colour, width=width)
-
-
-def _arrow(draw: ImageDraw.ImageDraw, p: np.ndarray, q: np.ndarray, colour, width: int = 2) -> None:
-    draw.line([tuple(p), tuple(q)], fill=colour, width=width)
-    d = q - p
-    length = float(np.linalg.norm(d))
-    if length < 2:
-        draw.ellipse([q[0] - 2, q[1] - 2, q[0] + 2, q[1] + 2], fill=colour)
-        return
-    u = d / length
-    head = min(8.0, 0.5 * length)
-    left = q - head * u + 0.5 * head * np.array([-u[1], u[0]])
-    right = q - head * u - 0.5 * head * np.array([-u[1], u[0]])
-    draw.polygon([tuple(q), tuple(left), tuple(right)], fill=colour)
-
-
-def draw_layout(
-    path: str | os.PathLike,
-    *,
-    stage_positions: np.ndarray,
-    positions: np.ndarray,
-    tile_shape: tuple[int, int],
-    links: Sequence[Any],
-    names: Sequence[str] | None = None,
-    width: int = 1600,
-    rejected_in_solve: Sequence[tuple[int, int]] = (),
-    title: str | None = None,
-) -> None:
-    """Draw ``layout.png``: tiles at their final positions, links coloured by quality, displacements.
-
-    Parameters
-    ----------
-    path : path-like
-        Output PNG, written atomically.
-    stage_positions, positions : (N, 2) array_like
-        Stage-predicted and final top-left corners ``(x, y)`` in pixels (same frame).
-    tile_shape : (int, int)
-        ``(height, width)`` of a tile in pixels.
-    links : sequence of Link
-        Drawn between tile centres: accepted ones from yellow (just above their threshold) to green
-        (high correlation), rejected ones as thin red dashes, links dropped by the solve magenta.
-    names : sequence of str, optional
-        Tile labels (default: the tile index).
-    width : int
-        Image width in pixels; the height follows the scan's aspect ratio (at most twice the width).
-    rejected_in_solve : sequence of (int, int)
-        ``Solution.rejected_in_solve``.
-    title : str, optional
-        A line above the legend (default: counts of tiles and links).
-    """
-    stage = np.asarray(stage_positions, float).reshape(-1, 2)
-    pos = np.asarray(positions, float).reshape(-1, 2)
-    th, tw = float(tile_shape[0]), float(tile_shape[1])
-    n = len(pos)
-    width = int(width)
-    margin, legend_h = 16, 96
-    both = np.vstack([stage, pos]) if n else np.zeros((1, 2))
-    lo = both.min(axis=0)
-    extent = both.max(axis=0) - lo + (tw, th)
-    scale = min((width - 2 * margin) / extent[0], (2 * width - 2 * margin - legend_h) / extent[1])
-    height = int(math.ceil(extent[1] * scale)) + 2 * margin + legend_h
-
-    def to_px(p: np.ndarray) -> np.ndarray:
-        return (np.asarray(p, float) - lo) * scale + margin
-
-    rejected = {tuple(map(int, k)) for k in rejected_in_solve}
-    linked = np.zeros(n, bool)
-    for lk in links:
-        if lk.accepted and (lk.i, lk.j) not in rejected:
-            linked[lk.i] = linked[lk.j] = True
-
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    # Light tile fills: the colours as seen through white (a later tile covers an earlier one),
-    # drawn opaque, which needs no full-size RGBA overlay to composite (5 image copies for tall scans).
-    fills = [tuple(round((c * alpha + 255 * (255 - alpha)) / 255) for c in rgb)
-             for rgb, alpha in (((120, 150, 200), 28), ((240, 130, 0), 40))]
-    for k in range(n):
-        a = to_px(pos[k])
-        b = a + np.array([tw, th]) * scale
-        draw.rectangle([tuple(a), tuple(b)], fill=fills[0] if linked[k] else fills[1])
-    line_w = max(1, int(round(min(tw, th) * scale / 60)))
-    for k in range(n):
-        a = to_px(pos[k])
-        b = a + np.array([tw, th]) * scale
-        draw.rectangle([tuple(a), tuple(b)], outline=_UNLINKED if not linked[k] else _TILE, width=line_w)
-
-    centre = np.array([tw, th]) / 2
-    # Rejected links underneath, accepted on top.
-    order = sorted(links, key=lambda lk: (lk.accepted and (lk.i, lk.j) not in rejected, lk.correlation
-                                          if math.isfinite(lk.correlation) else -1))
-    for lk in order:
-        p, q = to_px(pos[lk.i] + centre), to_px(pos[lk.j] + centre)
-        if not lk.accepted:
-            _dashed(draw, p, q, _RED, max(1, line_w))
-        elif (lk.i, lk.j) in rejected:
-            _dashed(draw, p, q, _MAGENTA, max(2, line_w + 1))
-        else:
-            colour = _quality_colour(lk.correlation, getattr(lk, "threshold", float("nan")))
-            draw.line([tuple(p), tuple(q)], fill=colour, width=max(2, 2 * line_w))
-
-    # Displacements are small next to a tile: magnify them so they can be seen at all.
-    disp = np.linalg.norm(pos - stage, axis=1) if n else np.zeros(0)
-    big = float(np.max(disp)) * scale if n else 0.0
-    magnify = 1.0
-    if 0 < big < 0.3 * tw * scale:  # largest of 1, 2, 5, 10, 20, ... keeping arrows within 0.3 tile
-        target = 0.3 * tw * scale / big
-        steps = [m * 10 ** e for e in range(int(math.log10(target)) + 1) for m in (1, 2, 5)]
-        magnify = float(max([s for s in steps if s <= target], default=1))
-    for k in range(n):
-        c = to_px(pos[k] + centre)
-        s = c - (pos[k] - stage[k]) * scale * magnify
-        _arrow(draw, s, c, _ARROW, width=max(1, line_w))
-
-    font = _font(int(np.clip(tw * scale / 9, 9, 16)))
-    for k in range(n):
-        label = str(names[k]) if names is not None else str(k)
-        a = to_px(pos[k]) + 3
-        max_chars = max(3, int(tw * scale / max(font.getlength("M"), 1)))
-        if len(label) > max_chars:
-            label = "…" + label[-(max_chars - 1):]
-        draw.text(tuple(a), label, fill=(0, 0, 0), font=font)
-
-    # Legend.
-    y0 = height - legend_h + 6
-    draw.line([(0, y0 - 6), (width, y0 - 6)], fill=(200, 200, 200), width=1)
-    small = _font(13)
-    n_acc = sum(1 for lk in links if lk.accepted and (lk.i, lk.j) not in rejected)
-    head = title or (f"{n} tiles, {n_acc} of {len(links)} links accepted, "
-                     f"{int(np.sum(~linked))} tiles placed by the stage model only")
-    draw.text((margin, y0), head, fill=(0, 0, 0), font=small)
-    items = [
-        ("line", _GREEN, "accepted, high correlation"),
-        ("line", _YELLOW, "accepted, near its threshold"),
-        ("dash", _RED, "rejected in registration"),
-        ("dash", _MAGENTA, "dropped by the global solve"),
-        ("box", _UNLINKED, "tile without accepted link"),
-        ("arrow", _ARROW, f"stage -> final position (x{magnify:g})"),
-    ]
-    col_w = (width - 2 * margin) / 3
-    for k, (kind, colour, text) in enumerate(items):
-        x = margin + (k % 3) * col_w
-        y = y0 + 24 + (k // 3) * 26
-        p, q = np.array([x, y + 8.0]), np.array([x + 34, y + 8.0])
-        if kind == "line":
-            draw.line([tuple(p), tuple(q)], fill=colour, width=4)
-        elif kind == "dash":
-            _dashed(draw, p, q, colour, 2)
-        elif kind == "box":
-            draw.rectangle([x, y, x + 34, y + 16], outline=colour, width=2, fill=(252, 230, 205))
-        else:
-            _arrow(draw, p, q, colour)
-        draw.text((x + 42, y + 1), text, fill=(0, 0, 0), font=small)
-
-    _atomic_write(path, lambda fh: image.save(fh, format="PNG"), mode="wb")

