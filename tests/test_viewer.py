@@ -115,7 +115,7 @@ def test_tile_maker_memory_stays_bounded(tmp_path):
     write_ome_tiff(mosaic, (height, width, 3), _tall_bands(height, width, 700), quality=95, workers=1)
     tracemalloc.start()
     try:
-        pyramid = write_tiles(mosaic, tmp_path / "v")
+        pyramid = write_tiles(mosaic, tmp_path / "v", workers=2)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -38,7 +38,7 @@ class ViewerResult:
 
 
 def write_viewer(output_dir: str | os.PathLike, *, quality: int = QUALITY, title: str | None = None,
-                 progress: Callable[[int, int], object] | None = None) -> ViewerResult:
+                 workers: int | None = None, progress: Callable[[int, int], object] | None = None) -> ViewerResult:
     """Write ``output_dir/viewer/`` for a finished result, replacing any earlier one as a whole.
 
     Parameters
@@ -51,6 +51,8 @@ def write_viewer(output_dir: str | os.PathLike, *, quality: int = QUALITY, title
         JPEG quality of the tiles, 1-100.
     title : str, optional
         Name shown on the page (default: the OME image name, i.e. the scan folder's name).
+    workers : int, optional
+        Threads compressing tiles (default: all cores).
     progress : callable, optional
         Called as ``progress(done, total)`` after every tile.
 
@@ -76,7 +78,7 @@ def write_viewer(output_dir: str | os.PathLike, *, quality: int = QUALITY, title
     recover(out, [target])
     with FolderSwap([target], journal_dir=out) as swap:
         staging = swap.staging(target)
-        pyramid = write_tiles(mosaic, staging, quality=quality, progress=progress)
+        pyramid = write_tiles(mosaic, staging, quality=quality, workers=workers, progress=progress)
         report = read_report(out / REPORT)
         with tifffile.TiffFile(mosaic) as tif:
             data = viewer_data(tif, mosaic, pyramid, report, title=title)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +128,7 @@ def _stored_levels(tif: tifffile.TiffFile, path: Path) -> list[tifffile.TiffPage
 
 
 def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: int = QUALITY,
-                progress: Callable[[int, int], object] | None = None) -> Pyramid:
+                workers: int | None = None, progress: Callable[[int, int], object] | None = None) -> Pyramid:
     """Write the deep-zoom tiles of an OME-TIFF mosaic under ``root/tiles``.
 
     Parameters
@@ -137,6 +139,8 @@ def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: 
         The (new, staging) viewer folder.
     quality : int
         JPEG quality of the tiles, 1-100.
+    workers : int, optional
+        Threads compressing tiles (default: all cores); decoding stays in order in this thread.
     progress : callable, optional
         Called as ``progress(done, total)`` after every tile.
 
@@ -154,24 +158,47 @@ def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: 
         raise OfmTilingError(path, "mosaic not found (is this a finished ofm-tiling output folder?)") from None
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise OfmTilingError(path, f"is not a readable TIFF ({exc})") from None
-    with tif:
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    with tif, ThreadPoolExecutor(workers, thread_name_prefix="ofm-tiling-viewer") as pool:
         stored = {(int(p.imagelength), int(p.imagewidth)): p for p in _stored_levels(tif, path)}
         pyramid = pyramid_for(next(iter(stored)))
-        done = 0
+        saver = _Saver(pool, 2 * workers, pyramid.tile_count, progress)
         previous = None
         for k, shape in enumerate(pyramid.levels):
             page = stored.get(shape)
             read = _LevelReader(tif, page).region if page is not None else _halved(previous, pyramid, k)
             for column, row, pixels in _level_tiles(read, pyramid, k):
-                folder = tile_path(root, k, column, row).parent
-                folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(tile_path(root, k, column, row), quality=int(quality), subsampling=0,
-                                             optimize=True)
-                done += 1
-                if progress is not None:
-                    progress(done, pyramid.tile_count)
+                saver.save(pixels, tile_path(root, k, column, row), int(quality))
             previous = read
+        saver.finish(0)
     return pyramid
+
+
+def _save(pixels: np.ndarray, path: Path, quality: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=quality, subsampling=0, optimize=True)  # 4:4:4, see QUALITY
+
+
+class _Saver:
+    """JPEG-encodes tiles in a thread pool, with at most `depth` tiles waiting (bounded memory)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, depth: int, total: int,
+                 progress: Callable[[int, int], object] | None):
+        self.pool, self.depth, self.total, self.progress = pool, depth, total, progress
+        self.pending: deque[Future] = deque()
+        self.done = 0
+
+    def save(self, pixels: np.ndarray, path: Path, quality: int) -> None:
+        self.pending.append(self.pool.submit(_save, pixels, path, quality))
+        self.finish(self.depth)
+
+    def finish(self, keep: int) -> None:
+        """Wait until at most `keep` tiles are pending (collecting any finished ones)."""
+        while len(self.pending) > keep or (self.pending and self.pending[0].done()):
+            self.pending.popleft().result()
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.total)
 
 
 Region = Callable[[int, int, int, int], np.ndarray]

@@ -20,6 +20,8 @@
   const view = { x0: 0, y0: 0, scale: 1 };  // level-0 pixel at the top-left corner; CSS px per level-0 px
   let dpr = 1, cssW = 1, cssH = 1, anim = null, pending = false, overlayOn = false, wanted = [];
 
+  const barHeight = () => $("bar").offsetHeight;
+
   // --- tiles ------------------------------------------------------------------------------------
   function tile(k, c, r) {
     const key = k + "/" + c + "/" + r;
@@ -162,7 +164,6 @@
   }
 
   // --- view changes -----------------------------------------------------------------------------
-  const barHeight = () => $("bar").offsetHeight;
   function fitScale() { return Math.min(cssW / D.width, (cssH - barHeight()) / D.height) * 0.95; }
   function clampScale(s) { return Math.min(MAX_ZOOM, Math.max(fitScale() / 4, s)); }
 
@@ -311,6 +312,7 @@
     dpr = window.devicePixelRatio || 1;
     cssW = Math.max(1, canvas.clientWidth); cssH = Math.max(1, canvas.clientHeight);
     canvas.width = Math.round(cssW * dpr); canvas.height = Math.round(cssH * dpr);
+    $("legend").style.top = barHeight() + 6 + "px";  // below the bar, however it wrapped
     const s = insetSize();
     inset.style.width = s.w + "px"; inset.style.height = s.h + "px";
     inset.width = Math.round(s.w * dpr); inset.height = Math.round(s.h * dpr);
