@@ -395,3 +395,28 @@ def test_pinch_zooms_about_the_fingers(browser, result):
         assert errors == []
     finally:
         page.close()
+
+
+def test_double_tap_zooms_in_and_the_overview_moves_the_view(browser, result):
+    page = browser.new_page(viewport={"width": 900, "height": 700}, has_touch=True, is_mobile=True)
+    try:
+        page.goto((result / "viewer" / "index.html").as_uri())
+        page.wait_for_function("window.ofmViewer && window.ofmViewer.idle()")
+        before = page.evaluate("ofmViewer.view()")
+        page.touchscreen.tap(400, 300)
+        page.touchscreen.tap(400, 300)
+        page.wait_for_function("window.ofmViewer.idle()")
+        after = page.evaluate("ofmViewer.view()")
+        assert after["scale"] == pytest.approx(2 * before["scale"])
+        assert before["x0"] + 400 / before["scale"] == pytest.approx(after["x0"] + 400 / after["scale"], abs=0.5)
+        # A tap on the overview centres the view on that spot of the mosaic.
+        box = page.eval_on_selector("#overview", "e => { const r = e.getBoundingClientRect(); "
+                                                 "return [r.left, r.top, r.width, r.height]; }")
+        data = viewer_data(result)
+        page.touchscreen.tap(box[0] + box[2] * 0.25, box[1] + box[3] * 0.75)
+        page.wait_for_function("window.ofmViewer.idle()")
+        v = page.evaluate("ofmViewer.view()")
+        assert v["x0"] + 450 / v["scale"] == pytest.approx(0.25 * data["width"], abs=data["width"] / box[2] + 1)
+        assert v["y0"] + 350 / v["scale"] == pytest.approx(0.75 * data["height"], abs=data["height"] / box[3] + 1)
+    finally:
+        page.close()
