@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incomplete", action="store_true", help="make the last position a failed one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
+    _add_viewer_parsers(sub)
     return parser
 
 
@@ -178,8 +179,66 @@ def _run_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number 1-100, not {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError("quality must be 1-100")
+    return value
+
+
+def _add_viewer_parsers(sub) -> None:
+    p = sub.add_parser("viewer", help="write OUTPUT_DIR/viewer: a web page for the mosaic (opens offline, shareable)")
+    p.add_argument("output", type=Path, metavar="OUTPUT_DIR", help="a finished output folder (holds mosaic.ome.tif)")
+    p.add_argument("--quality", type=_quality, default=None, help="JPEG quality of the viewer's tiles (default 90)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p = sub.add_parser("view", help="show a stitched scan in the web browser (served on 127.0.0.1 until Ctrl-C)")
+    p.add_argument("path", type=Path, metavar="SCAN_OR_OUTPUT_DIR",
+                   help="a stitched scan folder (uses SCAN/stitched) or an output folder")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument("--no-browser", dest="browser", action="store_false", help="only print the address")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the address and errors")
+
+
+def _write_viewer_locked(out: Path, quality: int | None, quiet: bool):
+    from .files import ScanLock
+    from .progress import progress_bar
+    from .viewer import write_viewer
+    from .viewer.tiles import QUALITY
+
+    with ScanLock(out), progress_bar("viewer tiles", enabled=not quiet) as bar:
+        return write_viewer(out, quality=QUALITY if quality is None else quality, progress=bar)
+
+
+def _run_viewer(args: argparse.Namespace) -> int:
+    from .viewer import find_result
+
+    out = find_result(args.output)
+    if out != args.output:
+        raise OfmTilingError(args.output, "is not an output folder (holds no mosaic.ome.tif); "
+                                          f"did you mean {out}?")
+    result = _write_viewer_locked(out, args.quality, args.quiet)
+    if not args.quiet:
+        print(f"Wrote {result.tiles} tiles in {len(result.pyramid.levels)} levels and {result.index}")
+        print(f"  open it in a browser, or share the folder {result.folder} (zipped); it works offline")
+    return 0
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from .viewer import VIEWER, find_result, is_current, serve
+
+    out = find_result(args.path)
+    if not is_current(out):
+        _write_viewer_locked(out, None, args.quiet)
+    serve(out / VIEWER, port=args.port, open_browser=args.browser)
+    return 0
+
+
 COMMANDS = {"collect": _run_collect, "stitch": _run_stitch, "fiji-macro": _run_fiji_macro,
-            "install-fiji-macro": _run_install_fiji_macro, "example": _run_example}
+            "install-fiji-macro": _run_install_fiji_macro, "example": _run_example, "viewer": _run_viewer,
+            "view": _run_view}
 
 
 #: Library parameters whose command-line flag is not simply ``--`` + the name with dashes.
