@@ -250,7 +250,7 @@ def run_dask(scans: Sequence[str], options: dict, address: str, *, out_name: str
         futures = {client.submit(stitch_one, scan, options, out_name, pure=False, retries=0,
                                  key=f"ofm-tiling-{batch_id}-{i}"): i for i, scan in enumerate(scans)}
         outcomes: list[ScanOutcome | None] = [None] * len(scans)
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             index = futures[future]
             try:
                 outcome = future.result()

@@ -185,7 +185,10 @@ def _start(args, env, log):
 
 @pytest.fixture
 def dask_cluster(tmp_path):
-    """A Dask scheduler and two single-thread workers, separate processes on 127.0.0.1; yields the address."""
+    """A Dask scheduler and two single-thread workers, separate processes on 127.0.0.1; yields the address.
+
+    Torn down by the scheduler's shutdown, then by terminating whatever is left.
+    """
     distributed = pytest.importorskip("distributed")
     root = str(Path(ofm_tiling.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
@@ -201,9 +204,10 @@ def dask_cluster(tmp_path):
         with distributed.Client(scheduler_file=str(info), timeout="30s") as client:
             client.wait_for_workers(2, timeout=45)
             address = client.scheduler.address
-            assert address.startswith("tcp://127.0.0.1:")
-            yield address
-            client.shutdown()
+        assert address.startswith("tcp://127.0.0.1:")
+        yield address  # no client of ours is open: batch must work on its own
+        with distributed.Client(address, timeout="30s") as client:
+            client.shutdown()  # scheduler and workers stop at once (faster than SIGTERM's graceful close)
     finally:
         for proc in procs:
             proc.terminate()
