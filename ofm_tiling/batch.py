@@ -13,6 +13,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import time
 import uuid
 from collections import deque
@@ -165,6 +166,7 @@ def plan_local(scans: Sequence[str], options: dict, *, jobs: int | None = None,
 
 def _child(conn, scan: str, options: dict, out_name: str, quiet: bool) -> None:
     """Process body for one scan: its notes go to stderr prefixed with the scan's name."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it ends its children)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"ofm-tiling: {Path(scan).name}: %(message)s"))
     log.handlers[:] = [handler]
@@ -289,8 +291,9 @@ def _row(o: ScanOutcome) -> list[str]:
             _number(o.displacement_max, 1), o.out_dir or "-"]
 
 
-def format_summary(outcomes: Sequence[ScanOutcome]) -> str:
-    """The summary table of a batch, then every failure's error and a count line."""
+def format_summary(outcomes: Sequence[ScanOutcome], wall: float | None = None) -> str:
+    """The summary table of a batch, then every failure's error and a count line (with the batch's
+    `wall` time in seconds when given)."""
     header = ["scan", "status", "tiles", "time s", "links ok/all", "residual med/max px", "moved max px", "output"]
     rows = [header] + [_row(o) for o in outcomes]
     widths = [max(len(r[k]) for r in rows) for k in range(len(header))]
@@ -299,6 +302,7 @@ def format_summary(outcomes: Sequence[ScanOutcome]) -> str:
     failed = [o for o in outcomes if not o.ok]
     lines += [_failure(o) for o in failed]
     total = sum(o.seconds for o in outcomes)
-    lines.append(f"{len(outcomes) - len(failed)} of {len(outcomes)} scans stitched, {len(failed)} failed "
+    took = "" if wall is None else f" in {wall:.1f} s"
+    lines.append(f"{len(outcomes) - len(failed)} of {len(outcomes)} scans stitched, {len(failed)} failed{took} "
                  f"({total:.1f} s of stitching)")
     return "\n".join(lines)

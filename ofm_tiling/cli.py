@@ -165,17 +165,16 @@ def _run_example(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _add_batch_parser(sub) -> None:
+    def _positive(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError("must be at least 1")
+        return value
+
     p = sub.add_parser("batch", help="stitch many scans: here as many at once as memory and cores allow, "
                                      "or on a Dask cluster; exit code 1 when some scan failed")
     p.add_argument("scans", type=Path, nargs="+", metavar="SCAN", help="smart-stack scan folders")
@@ -202,6 +201,8 @@ def _add_batch_parser(sub) -> None:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
+    import time
+
     from .batch import check_batch, format_progress, format_summary, plan_local, run_dask, run_local
 
     options = dict(backend=args.backend, fiji=args.fiji, select=args.select, focus=args.focus, strict=args.strict,
@@ -210,13 +211,15 @@ def _run_batch(args: argparse.Namespace) -> int:
     try:
         scans = check_batch(args.scans, options, args.out_name)
     except OfmTilingError as exc:  # name the flags, not the library's parameters
-        raise OfmTilingError(exc.path, exc.problem.replace("out_name", "--out-name")
-                             .replace("quality", "--quality").replace("workers", "--workers")) from None
+        parameter, _, rest = exc.problem.partition(" ")
+        flag = {"out_name": "--out-name", "quality": "--quality", "workers": "--workers"}.get(parameter, parameter)
+        raise OfmTilingError(exc.path, f"{flag} {rest}".strip()) from None
 
     def done(outcome, finished, total):
         if not args.quiet or not outcome.ok:
             print(format_progress(outcome, finished, total), file=sys.stderr, flush=True)
 
+    t0 = time.perf_counter()
     if args.scheduler:
         outcomes = run_dask(scans, options, args.scheduler, out_name=args.out_name, on_done=done)
     else:
@@ -229,7 +232,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             log.warning("a scan may need more memory than is available (estimated %.1f GB, %.1f GB available)",
                         plan.largest_bytes / 1e9, plan.budget_bytes / 1e9)
         outcomes = run_local(scans, options, plan, out_name=args.out_name, on_done=done, quiet=args.quiet)
-    print(format_summary(outcomes))
+    print(format_summary(outcomes, wall=time.perf_counter() - t0))
     return 0 if all(o.ok for o in outcomes) else 1
 
 

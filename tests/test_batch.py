@@ -101,7 +101,9 @@ def test_summary_lists_every_scan_with_figures_and_errors():
     assert lines[2].split() == ["/data/a", "ok", "100", "12.3", "319/342", "0.05/0.41", "38.2", "/data/a/stitched"]
     assert lines[3].split()[:3] == ["/data/b", "failed", "-"]
     assert "/data/b: no position folders with JPEG images" in lines  # the error once, scan not repeated
-    assert lines[-1].startswith("1 of 2 scans stitched, 1 failed")
+    assert lines[-1] == "1 of 2 scans stitched, 1 failed (12.5 s of stitching)"
+    last = format_summary([good], wall=20.0).splitlines()[-1]
+    assert last == "1 of 1 scans stitched, 0 failed in 20.0 s (12.3 s of stitching)"
     assert format_progress(good, 1, 2) == "[1/2] ok /data/a (100 tiles, 12.3 s)"
     assert format_progress(bad, 2, 2) == "[2/2] failed /data/b: no position folders with JPEG images"
 
