@@ -164,6 +164,21 @@ def plan_local(scans: Sequence[str], options: dict, *, jobs: int | None = None,
                       one_at_a_time=options.get("backend") == "fiji")
 
 
+#: Imported once by the fork server, so that each scan's process starts without importing them again
+#: (~1 s of CPU per scan). A name that does not import is skipped by the fork server.
+PRELOAD = ["ofm_tiling.stitch", "ofm_tiling.register", "ofm_tiling.solve", "ofm_tiling.fuse",
+           "ofm_tiling.writers", "ofm_tiling.report", "ofm_tiling.imageio", "ofm_tiling.batch"]
+
+
+def _process_context():
+    """Fresh processes without this process's threads or locks: forked from a preloaded server, else spawned."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def _child(conn, scan: str, options: dict, out_name: str, quiet: bool) -> None:
     """Process body for one scan: its notes go to stderr prefixed with the scan's name."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it ends its children)
@@ -189,7 +204,7 @@ def run_local(scans: Sequence[str], options: dict, plan: BatchPlan, *, out_name:
     Returns the outcomes in the order of `scans`; `on_done(outcome, finished, total)` is called as
     each finishes.
     """
-    ctx = multiprocessing.get_context("spawn")  # no inherited threads or locks from this process
+    ctx = _process_context()
     options = {**options, "workers": options.get("workers") or plan.threads, "show_progress": False}
     pending = deque(enumerate(scans))
     running: dict = {}  # connection -> (index, process, start time)
