@@ -219,6 +219,9 @@ def _run_batch(args: argparse.Namespace) -> int:
         if not args.quiet or not outcome.ok:
             print(format_progress(outcome, finished, total), file=sys.stderr, flush=True)
 
+    if args.scheduler and args.jobs:
+        raise OfmTilingError(None, "--jobs is for stitching here; with --scheduler the cluster's worker threads "
+                                   "decide how many scans run at once")
     t0 = time.perf_counter()
     if args.scheduler:
         outcomes = run_dask(scans, options, args.scheduler, out_name=args.out_name, on_done=done)
