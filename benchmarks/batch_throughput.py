@@ -2,7 +2,8 @@
 
 Measures wall time of the whole batch (cluster start-up excluded) and derives scans per minute and
 tiles per second for: here with one scan at a time (all cores for it), here with two at a time
-(cores shared), and a Dask cluster on 127.0.0.1 with one and with two single-thread workers.
+(cores shared), and a Dask cluster on 127.0.0.1 with one and with two single-slot workers (each
+stitch given the cores divided by the number of workers).
 Every configuration stitches fresh copies of the same scans. Run::
 
     python benchmarks/batch_throughput.py [--scans 4] [--grid 4x3] [--tile 820x616] [--json out.json]
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from ofm_tiling.batch import plan_local, run_dask, run_local
-from ofm_tiling.batchplan import BatchPlan
+from ofm_tiling.batchplan import BatchPlan, threads_per_task
 from ofm_tiling.synthetic import make_scan
 
 OPTIONS = {"check_focus": False}
@@ -51,12 +52,14 @@ def measure_dask(sources: list[Path], work: Path, workers: int) -> dict:
     from distributed import LocalCluster
 
     scans = _fresh(sources, work)
+    # All workers share this machine's cores: each stitch gets its share (as `--workers` would set).
+    options = {**OPTIONS, "workers": threads_per_task(os.cpu_count() or 1, workers)}
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         t0 = time.perf_counter()
-        outcomes = run_dask(scans, OPTIONS, cluster.scheduler_address)
+        outcomes = run_dask(scans, options, cluster.scheduler_address)
         seconds = time.perf_counter() - t0
-    return _row(f"Dask, {workers} worker(s) x 1 thread", seconds, outcomes)
+    return _row(f"Dask, {workers} worker(s), {options['workers']} thread(s) each", seconds, outcomes)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
