@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     _add_viewer_parsers(sub)
+    _add_batch_parser(sub)
     return parser
 
 
@@ -248,6 +249,85 @@ _FLAGS = {"check_focus": "--no-focus-check", "out": "--out", "use": "--use"}
 def _flag(parameter: str) -> str:
     """The command-line flag that sets a library parameter."""
     return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def _add_batch_parser(sub) -> None:
+    def _positive(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError("must be at least 1")
+        return value
+
+    p = sub.add_parser("batch", help="stitch many scans: here as many at once as memory and cores allow, "
+                                     "or on a Dask cluster; exit code 1 when some scan failed")
+    p.add_argument("scans", type=Path, nargs="+", metavar="SCAN", help="smart-stack scan folders")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="Dask scheduler such as tcp://HOST:8786: one task per scan on its workers, which must "
+                        "reach the scans under the same paths (default: stitch here)")
+    p.add_argument("--jobs", type=_positive, default=None, metavar="N",
+                   help="here: at most N scans at once (default: as many as memory and cores allow)")
+    p.add_argument("--out-name", default="stitched", metavar="NAME",
+                   help="output folder inside every scan (default: stitched)")
+    p.add_argument("--backend", choices=("builtin", "fiji"), default="builtin",
+                   help="built-in (default) or Fiji (then one scan at a time here)")
+    p.add_argument("--fiji", type=Path, default=None, metavar="PATH", help="Fiji.app folder for --backend fiji")
+    p.add_argument("--select", choices=("tag", "sharpest"), default="tag", help="image per position (as for stitch)")
+    p.add_argument("--focus", choices=("central", "edf"), default="central", help="as for stitch")
+    p.add_argument("--strict", action="store_true", help="fail a scan that is incomplete or has a damaged image")
+    p.add_argument("--compression", choices=("jpeg", "deflate", "none"), default="jpeg")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the OME-TIFF tiles (default 90)")
+    p.add_argument("--workers", type=_positive, default=None,
+                   help="threads per scan (default: the cores shared among the scans running at once)")
+    p.add_argument("--no-focus-check", dest="check_focus", action="store_false",
+                   help="skip the focus curve of every stack in the reports")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    import time
+
+    from .batch import check_batch, format_progress, format_summary, plan_local, run_dask, run_local
+
+    options = dict(backend=args.backend, fiji=args.fiji, select=args.select, focus=args.focus, strict=args.strict,
+                   compression=args.compression, quality=args.quality, workers=args.workers,
+                   check_focus=args.check_focus)
+    try:
+        scans = check_batch(args.scans, options, args.out_name)
+    except OfmTilingError as exc:  # name the flags, not the library's parameters
+        parameter, _, rest = exc.problem.partition(" ")
+        flag = {"out_name": "--out-name", "quality": "--quality", "workers": "--workers"}.get(parameter, parameter)
+        raise OfmTilingError(exc.path, f"{flag} {rest}".strip()) from None
+
+    def done(outcome, finished, total):
+        if not args.quiet or not outcome.ok:
+            print(format_progress(outcome, finished, total), file=sys.stderr, flush=True)
+
+    if args.scheduler and args.jobs:
+        raise OfmTilingError(None, "--jobs is for stitching here; with --scheduler the cluster's worker threads "
+                                   "decide how many scans run at once")
+    t0 = time.perf_counter()
+    if args.scheduler:
+        outcomes = run_dask(scans, options, args.scheduler, out_name=args.out_name, on_done=done)
+    else:
+        plan = plan_local(scans, options, jobs=args.jobs)
+        if not args.quiet:
+            print(f"Stitching {len(scans)} scans, {plan.jobs} at a time with {args.workers or plan.threads} "
+                  f"thread(s) each (limited by {plan.limited_by}; largest estimate "
+                  f"{plan.largest_bytes / 1e9:.1f} GB of {plan.budget_bytes / 1e9:.1f} GB)", file=sys.stderr)
+        if plan.over_budget:
+            log.warning("a scan may need more memory than is available (estimated %.1f GB, %.1f GB available)",
+                        plan.largest_bytes / 1e9, plan.budget_bytes / 1e9)
+        outcomes = run_local(scans, options, plan, out_name=args.out_name, on_done=done, quiet=args.quiet)
+    print(format_summary(outcomes, wall=time.perf_counter() - t0))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+COMMANDS = {"collect": _run_collect, "stitch": _run_stitch, "fiji-macro": _run_fiji_macro,
+            "install-fiji-macro": _run_install_fiji_macro, "example": _run_example,
+            "batch": _run_batch}
 
 
 def main(argv: list[str] | None = None) -> int:
