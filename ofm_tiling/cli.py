@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"JPEG quality of the OME-TIFF tiles, 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--no-focus-check", dest="check_focus", action="store_false",
                    help="skip the focus curve of every stack in the report")
+    p.add_argument("--viewer", action="store_true",
+                   help="also write OUT/viewer: a web page showing the mosaic at full resolution (opens offline)")
     p.add_argument("--wait", action="store_true",
                    help="if another run is working on this scan, wait for it instead of stopping")
 
@@ -140,14 +142,14 @@ def _run_stitch(args: argparse.Namespace) -> int:
     options = StitchOptions(**vars(_collect_options(args)), backend=args.backend, fiji=args.fiji,
                             fiji_layout=args.fiji_layout, keep_fiji_mosaic=args.keep_fiji_mosaic,
                             compression=args.compression, quality=args.quality, check_focus=args.check_focus,
-                            wait=args.wait)
+                            viewer=args.viewer, wait=args.wait)
     r = stitch(args.scan, out=args.out, use=args.use, options=options, show_progress=not args.quiet)
     if not args.quiet:
         c = r.collection
         print(f"Collected {len(c.tiles)} tiles into {c.use_dir} (ordered by {c.order})")
         print(f"Stitched a {r.shape[1]}x{r.shape[0]} px mosaic with the {r.backend} backend "
               f"in {sum(r.timings.values()):.1f} s:")
-        for path in (r.mosaic, r.preview, r.report, r.layout_png, r.registered):
+        for path in (r.mosaic, r.preview, r.report, r.layout_png, r.registered) + ((r.viewer,) if args.viewer else ()):
             print(f"  {path}")
     return 0
 

@@ -18,13 +18,13 @@ from .files import atomic_file
 from .placement import Link, Placement
 from .report import ACCEPTED, REJECTED_IN_REGISTRATION, dropped_in_solve, link_status
 
-__all__ = ["draw_layout"]
+__all__ = ["GREEN", "MAGENTA", "RED", "draw_layout", "quality_colour"]
 
 RGB = tuple[int, int, int]
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
-_GREEN, _YELLOW, _RED = (0, 150, 0), (225, 185, 0), (215, 30, 30)
-_MAGENTA, _ARROW, _TILE, _UNLINKED = (190, 0, 190), (20, 90, 230), (90, 90, 90), (240, 130, 0)
+GREEN, _YELLOW, RED = (0, 150, 0), (225, 185, 0), (215, 30, 30)
+MAGENTA, _ARROW, _TILE, _UNLINKED = (190, 0, 190), (20, 90, 230), (90, 90, 90), (240, 130, 0)
 _CORRECTED = (0, 175, 200)  # cyan: no other mark uses it
 # Light tile fills: the colours as seen through white, drawn opaque, which needs no full-size
 # RGBA overlay to composite (5 image copies for tall scans).
@@ -140,12 +140,12 @@ def _font(size: int) -> Font:
         return ImageFont.load_default()
 
 
-def _quality_colour(r: float, threshold: float) -> RGB:
+def quality_colour(r: float, threshold: float) -> RGB:
     """Yellow at the link's threshold, green at high correlation."""
     if not math.isfinite(threshold):
         threshold = 0.1
     t = float(np.clip((r - threshold) / max(0.9 - threshold, 1e-6), 0, 1)) if math.isfinite(r) else 0.0
-    red, green, blue = (int(round(y + (g - y) * t)) for y, g in zip(_YELLOW, _GREEN))
+    red, green, blue = (int(round(y + (g - y) * t)) for y, g in zip(_YELLOW, GREEN))
     return red, green, blue
 
 
@@ -199,11 +199,11 @@ def _draw_links(draw: ImageDraw.ImageDraw, canvas: _Canvas, tiles: _Tiles, place
         p, q = canvas.px(tiles.pos[lk.i] + centre), canvas.px(tiles.pos[lk.j] + centre)
         status = link_status(lk, dropped)
         if status == REJECTED_IN_REGISTRATION:
-            _dashed(draw, p, q, _RED, w)
+            _dashed(draw, p, q, RED, w)
         elif status != ACCEPTED:
-            _dashed(draw, p, q, _MAGENTA, max(2, w + 1))
+            _dashed(draw, p, q, MAGENTA, max(2, w + 1))
         else:
-            draw.line([tuple(p), tuple(q)], fill=_quality_colour(lk.correlation, lk.threshold), width=max(2, 2 * w))
+            draw.line([tuple(p), tuple(q)], fill=quality_colour(lk.correlation, lk.threshold), width=max(2, 2 * w))
 
 
 def _magnification(canvas: _Canvas, tiles: _Tiles) -> float:
@@ -246,10 +246,10 @@ def _title(placement: Placement, tiles: _Tiles) -> str:
 
 
 _LEGEND = (
-    ("line", _GREEN, "accepted, high correlation"),
+    ("line", GREEN, "accepted, high correlation"),
     ("line", _YELLOW, "accepted, near its threshold"),
-    ("dash", _RED, "rejected in registration"),
-    ("dash", _MAGENTA, "dropped by the global solve"),
+    ("dash", RED, "rejected in registration"),
+    ("dash", MAGENTA, "dropped by the global solve"),
     ("box", _UNLINKED, "tile without accepted link"),
     ("arrow", _ARROW, "stage -> final position"),
     ("outline", _CORRECTED, "position corrected (see report)"),

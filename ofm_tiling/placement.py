@@ -139,12 +139,6 @@ class Placement:
         model[:, 2] += offset
         return replace(self, positions=self.positions + offset, stage_model=model)
 
-    def for_stage_moved(self, shift: np.ndarray) -> Placement:
-        """The same placement with its stage model taking stage positions moved by `shift`."""
-        model = np.array(self.stage_model, dtype=float)
-        model[:, 2] -= model[:, :2] @ np.asarray(shift, dtype=float)
-        return replace(self, stage_model=model)
-
 
 def apply_model(model: np.ndarray, stage_positions: np.ndarray) -> np.ndarray:
     """Map stage positions through a (2, 3) affine model."""

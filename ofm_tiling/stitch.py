@@ -20,6 +20,7 @@ import numpy as np
 
 from .files import FolderSwap, ScanLock, check_output_dir, recover
 from .options import StitchOptions
+from .outputs import LAYOUT_PNG, MOSAIC, PREVIEW, REGISTERED, REPORT, VIEWER
 
 if TYPE_CHECKING:
     from .backend import Backend, Mosaic
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ofm_tiling")
 
-MOSAIC = "mosaic.ome.tif"
-PREVIEW = "preview.jpg"
-REPORT = "stitching-report.json"
-LAYOUT_PNG = "layout.png"
-REGISTERED = "TileConfiguration.registered.txt"
 
 
 @dataclass
@@ -71,6 +67,11 @@ class StitchResult:
     @property
     def registered(self) -> Path:
         return self.collection.use_dir / REGISTERED
+
+    @property
+    def viewer(self) -> Path:
+        """The viewer's page (present when the run wrote a viewer)."""
+        return self.out_dir / VIEWER / "index.html"
 
 
 @dataclass
@@ -207,37 +208,40 @@ def _focus_check(collection: Collection, options: StitchOptions, clock: _Clock, 
 
 
 def _fuse(collection: Collection, placement: Placement, workers: int, show_progress: bool) -> Mosaic:
-    from .backend import Mosaic
-    from .fuse import fuse_bands, mosaic_shape
-    from .imageio import read_rgb
+    from .fuse import fuse_mosaic
     from .progress import progress_bar
 
-    paths = collection.paths
-    shape = mosaic_shape(placement.positions, collection.tile_shape)
+    mosaic = fuse_mosaic(collection.paths, placement.positions, collection.tile_shape, workers=workers)
 
-    def bands() -> Iterator[tuple[int, np.ndarray]]:
+    def bands() -> Iterator[tuple[int, np.ndarray]]:  # the bar lasts as long as the bands do
         with progress_bar("fusing", enabled=show_progress) as bar:
-            yield from fuse_bands(lambda i: read_rgb(paths[i]), placement.positions, collection.tile_shape,
-                                  workers=workers, progress=bar)
+            height = mosaic.shape[0]
+            for y0, rows in mosaic.bands:
+                yield y0, rows
+                if bar is not None:
+                    bar(y0 + len(rows), height)
 
-    return Mosaic(shape, bands())
+    return mosaic._replace(bands=bands())
 
 
 def _write_outputs(folder: Path, collection: Collection, placement: Placement, mosaic: Mosaic,
                    options: StitchOptions, *, focus_rows: list[dict], notes: list[str],
                    timings: dict[str, float]) -> tuple[int, int]:
     """Write the registered TileConfiguration, the mosaic, its preview, the report and the picture."""
-    from .tileconfig import write_tile_configuration
     from .pyramid import write_ome_tiff
+    from .tileconfig import write_tile_configuration
 
     write_tile_configuration(collection.use_dir / REGISTERED, collection.names, placement.positions)
     write_ome_tiff(folder / MOSAIC, mosaic.shape, mosaic.bands, pixel_size_um=collection.pixel_size_um,
                    compression=options.compression, quality=options.quality, preview_path=folder / PREVIEW,
                    workers=options.thread_count(), name=collection.scan.name)
     extra = _run_record(collection, placement, mosaic.shape, options, focus_rows, notes, timings)
-    # Stage positions in the mosaic's frame, so displacements exclude the one global shift.
-    shift = (placement.positions - collection.positions).mean(axis=0)
-    _write_report(folder, collection, placement.for_stage_moved(shift), collection.positions + shift, extra)
+    _write_report(folder, collection, placement, extra)
+    if options.viewer:
+        from .viewer import write_viewer
+
+        log.info("writing the viewer")
+        write_viewer(folder, workers=options.thread_count())
     return mosaic.shape
 
 
@@ -253,23 +257,13 @@ def _run_record(collection: Collection, placement: Placement, shape: tuple[int, 
             "timings_s": {k: round(v, 3) for k, v in timings.items()}}
 
 
-def _write_report(folder: Path, collection: Collection, placement: Placement, stage: np.ndarray,
-                  extra: dict) -> None:
-    from types import SimpleNamespace
+def _write_report(folder: Path, collection: Collection, placement: Placement, extra: dict) -> None:
+    """The JSON report and the layout picture, with stage positions in the mosaic's frame."""
+    from .layout_picture import draw_layout
+    from .report import report_frame, write_report
 
-    from .report import draw_layout, write_report
-    from .solve import Solution
-
-    # Until report.py reads a Placement: the two records it expects, made from it.
-    c = placement.criteria
-    registration = SimpleNamespace(links=placement.links, threshold=c.threshold, max_deviation=c.max_deviation,
-                                   null_correlations=c.null_correlations, null_significance=c.null_significance,
-                                   significance_threshold=c.significance_threshold, search_radius=c.search_radius,
-                                   coarse_scale=c.coarse_scale, stage_correction=c.stage_correction)
-    solution = Solution(placement.positions, placement.residuals, placement.stage_model, placement.groups,
-                        placement.rejected_in_solve)
-    write_report(folder / REPORT, names=collection.names, stage_positions=stage, solution=solution,
-                 registration=registration, extra=extra)
-    draw_layout(folder / LAYOUT_PNG, stage_positions=stage, positions=placement.positions,
-                tile_shape=collection.tile_shape, links=placement.links, names=collection.names,
-                rejected_in_solve=placement.rejected_in_solve)
+    frame = report_frame(placement, collection.positions)
+    write_report(folder / REPORT, frame.placement, names=collection.names, stage_positions=frame.stage_positions,
+                 extra=extra)
+    draw_layout(folder / LAYOUT_PNG, frame.placement, names=collection.names, stage_positions=frame.stage_positions,
+                tile_shape=collection.tile_shape)

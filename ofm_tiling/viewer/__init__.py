@@ -16,17 +16,13 @@ import tifffile
 
 from ..errors import OfmTilingError
 from ..files import FolderSwap, check_output_dir, recover
+from ..outputs import MOSAIC, REPORT, VIEWER
 from .page import read_report, viewer_data, write_page
 from .serve import serve
 from .tiles import QUALITY, Pyramid, write_tiles
 
 __all__ = ["VIEWER", "MOSAIC", "REPORT", "ViewerResult", "write_viewer", "find_result", "is_current", "serve"]
 
-VIEWER = "viewer"
-# Names of the output folder's files (the same as ofm_tiling.stitch's; not imported from there
-# because stitch imports this package).
-MOSAIC = "mosaic.ome.tif"
-REPORT = "stitching-report.json"
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import tifffile
 
 from ..files import write_text_atomic
-from ..report import _GREEN, _MAGENTA, _RED, _quality_colour
+from ..layout_picture import GREEN, MAGENTA, RED, quality_colour
 from .tiles import TILES, Pyramid
 
 log = logging.getLogger("ofm_tiling")
@@ -79,11 +79,11 @@ def link_colour(link: dict) -> str:
     """Colour of a link as in layout.png: yellow to green by correlation, red or magenta if rejected."""
     status = str(link.get("status", ""))
     if not link.get("accepted", False):
-        return _hex(_MAGENTA if "solve" in status else _RED)
+        return _hex(MAGENTA if "solve" in status else RED)
     r, threshold = _number(link.get("correlation")), _number(link.get("threshold"))
     if r is None:
-        return _hex(_GREEN)
-    return _hex(_quality_colour(r, threshold if threshold is not None else math.nan))
+        return _hex(GREEN)
+    return _hex(quality_colour(r, threshold if threshold is not None else math.nan))
 
 
 def read_report(path: Path) -> dict | None:
