@@ -1,0 +1,19 @@
+"""Synthetic microscope scans with ground truth, for tests, benchmarks and ``ofm-tiling example``.
+
+`make_scan` writes a scan described by a `ScanSpec`: an OpenFlexure smart-stack scan (as the OFM
+server writes it), a flat OFM scan (one folder of JPEGs with OFM metadata) or a folder of tiles
+with a Fiji ``TileConfiguration.txt``; 8-bit RGB, 8-bit or 16-bit greyscale; plus ``truth.json``
+and ``truth.png``, which scan readers ignore. `load_truth` reads the truth back.
+
+Modules: `spec` (the ScanSpec and its checks), `scan` (make_scan), `capture` (what happens at each
+position), `geometry` (stage grid and true positions), `texture` and `sample` (the canvas),
+`noise` (random fields), `optics` (blur, illumination, sensor), `tiles` (rendering and writing
+images), `ofm_metadata` (OFM JSON, EXIF and data.json), `truth` (ScanTruth, load_truth).
+"""
+from .sample import sample_image
+from .scan import make_scan
+from .spec import KINDS, LAYOUTS, MISTAGS, PIXEL_TYPES, TILE_FORMATS, ScanSpec
+from .truth import PositionTruth, ScanTruth, load_truth
+
+__all__ = ["KINDS", "LAYOUTS", "MISTAGS", "PIXEL_TYPES", "TILE_FORMATS", "PositionTruth", "ScanSpec", "ScanTruth",
+           "load_truth", "make_scan", "sample_image"]
