@@ -223,7 +223,7 @@ def _check_kind(spec: ScanSpec) -> None:
         if spec.stack != 1:
             raise ValueError(f"planes must be 1 for kind 'tileconfig'; got {spec.planes}")
         if spec.mistag or spec.incomplete:
-            raise ValueError("mistag and incomplete need OFM metadata: not for kind 'tileconfig'")
+            raise ValueError("kind 'tileconfig' has no OFM metadata: mistag and incomplete do not apply")
 
 
 def _check_indices(spec: ScanSpec) -> None:
