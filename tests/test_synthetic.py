@@ -305,7 +305,8 @@ def test_snake_order(tmp_path):
     # Unscrambled file times are the capture times.
     for p in truth.positions:
         for name, t in zip(p.files, p.times):
-            assert abs(os.path.getmtime(tmp_path / "s" / p.folder / name) - datetime.fromisoformat(t).timestamp()) < 1e-3
+            mtime = os.path.getmtime(tmp_path / "s" / p.folder / name)
+            assert abs(mtime - datetime.fromisoformat(t).timestamp()) < 1e-3
 
 
 def test_mtimes_are_scrambled(scan):
