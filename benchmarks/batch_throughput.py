@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         root = Path(tmp)
         sources = [root / "src" / f"scan{k}" for k in range(args.scans)]
         for k, folder in enumerate(sources):
-            make_scan(folder, grid=grid, tile_size=tile, planes=1, seed=k)
+            make_scan(folder, grid=grid, tile_shape=tile[::-1], planes=1, seed=k)
         rows = []
         for measure, n in ((measure_local, 1), (measure_local, 2), (measure_dask, 1), (measure_dask, 2)):
             load = os.getloadavg()[0]

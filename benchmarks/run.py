@@ -206,7 +206,7 @@ def ensure_scan(cache: Path, grid, tile, planes, blank, workers) -> Path:
     log(f"generating scan {path.name} (once; cached for later runs)")
     t0 = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
-    make_scan(tmp, grid=grid, tile_size=tile, planes=planes, layout="v2", source="procedural",
+    make_scan(tmp, grid=grid, tile_shape=tile[::-1], planes=planes, layout="v2", source="procedural",
               stage_error_px=STAGE_ERROR_PX, blank_tiles=blank_indices(grid, blank), seed=SEED,
               workers=workers, truth_png=False, overwrite=True)
     os.replace(tmp, path)
@@ -618,7 +618,7 @@ def bench_scan(scan: Path, work: Path, *, workers: int, repeat: int, stages: boo
 
     truth = load_truth(scan)
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"scan": scan.name, "grid": list(truth.grid), "tile_size": list(truth.tile_size),
+    res: dict = {"scan": scan.name, "grid": list(truth.grid), "tile_size": list(truth.tile_shape[::-1]),
                  "planes": truth.planes, "positions": len(truth.positions),
                  "blank_positions": [p.folder for p in truth.positions if p.blank],
                  "stage_error_px": truth.stage_error_px, "overlap": truth.overlap}

@@ -23,10 +23,6 @@ def _grid(text: str) -> tuple[int, int]:
     return cols, rows
 
 
-def _size(text: str) -> tuple[int, int]:
-    return _grid(text)
-
-
 def _add_collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("scan", type=Path, help="smart-stack scan folder (holds data.json and one folder per position)")
     p.add_argument("--select", choices=CHOICES["select"], default="tag",
@@ -90,13 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fiji", type=Path, default=None, metavar="PATH", help="Fiji.app folder")
     p.add_argument("-q", "--quiet", action="store_true")
 
-    p = sub.add_parser("example", help="write a small generated example scan (with its ground truth)")
-    p.add_argument("folder", type=Path, help="where to write the example scan")
-    p.add_argument("--grid", type=_grid, default=(4, 3), metavar="COLSxROWS")
-    p.add_argument("--tile", type=_size, default=(640, 480), metavar="WxH", help="tile size in pixels")
-    p.add_argument("--incomplete", action="store_true", help="make the last position a failed one")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    from .synthetic.command import add_arguments as add_example_arguments
+
+    p = sub.add_parser("example", help="write a generated example scan of any kind (with its ground truth)")
+    add_example_arguments(p)
     _add_viewer_parsers(sub)
     _add_batch_parser(sub)
     return parser
@@ -172,14 +165,9 @@ def _run_install_fiji_macro(args: argparse.Namespace) -> int:
 
 
 def _run_example(args: argparse.Namespace) -> int:
-    from .synthetic import make_scan
+    from .synthetic.command import run
 
-    truth = make_scan(args.folder, grid=args.grid, tile_size=args.tile, incomplete=args.incomplete, seed=args.seed)
-    if not args.quiet:
-        print(f"Wrote an example scan of {args.grid[0]}x{args.grid[1]} positions to {args.folder} "
-              f"(ground truth in {Path(args.folder) / 'truth.json'})")
-    del truth
-    return 0
+    return run(args)
 
 
 def _quality(text: str) -> int:

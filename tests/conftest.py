@@ -9,7 +9,7 @@ import pytest
 
 from ofm_tiling.synthetic import make_scan
 
-SMALL = dict(tile_size=(320, 240), overlap=0.3, stage_error_px=20.0)
+SMALL = dict(tile_shape=(240, 320), overlap=0.3, stage_error_px=20.0)
 
 
 @pytest.fixture(scope="session")

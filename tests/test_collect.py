@@ -91,7 +91,7 @@ def test_incomplete_scan(copy_scan, capsys):
 
 
 def test_more_than_100_positions_use_three_digits(copy_scan):
-    scan, truth = copy_scan("v2-big", grid=(11, 10), tile_size=(64, 48), planes=3, stage_error_px=3.0)
+    scan, truth = copy_scan("v2-big", grid=(11, 10), tile_shape=(48, 64), planes=3, stage_error_px=3.0)
     result = collect(scan)
     assert result.tiles[0].name == "000.jpeg" and result.tiles[-1].name == "109.jpeg"
     check_collection(scan, truth, result)

