@@ -338,7 +338,7 @@ def write_edf_tile(tile: Tile, target: Path, *, workers: int | None = None, qual
     """Fuse a position's stack into one all-in-focus JPEG that keeps the chosen plane's EXIF."""
     from PIL import Image
 
-    from .focus import edf_from_paths
+    from .allinfocus import edf_from_paths
 
     fused = edf_from_paths(list(tile.stack), workers=workers or os.cpu_count() or 1)
     with Image.open(tile.source) as src:
