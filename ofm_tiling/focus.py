@@ -213,7 +213,7 @@ class FocusVerdict:
         return not self.message
 
 
-def analyse_curve(curve: Sequence[float], tagged: int | None = None, *,
+def analyse_curve(curve: Sequence[float] | np.ndarray, tagged: int | None = None, *,
                   min_prominence: float = CLEAR_PEAK, tolerance: float = 0.1) -> FocusVerdict:
     """Find the sharpest plane of a focus curve and check the curve and the tag.
 

@@ -222,7 +222,7 @@ def parse_ofm_json(doc: dict) -> dict[str, Any]:
 
     Unknown keys are ignored; missing ones come back as None.
     """
-    image = doc.get("image") if isinstance(doc.get("image"), dict) else {}
+    image: dict = doc["image"] if isinstance(doc.get("image"), dict) else {}
     extensions = _get(doc, "instrument", "settings", "extensions")
     if isinstance(extensions, dict) or isinstance(_get(doc, "instrument", "state"), dict):
         layout = "v2"

