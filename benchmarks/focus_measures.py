@@ -38,7 +38,8 @@ tiles, blank glass and mistagged positions). Agreement compares the verdict fiel
 clear peak, tagged plane sharpest, and the report message. Cost per plane is measured in the same
 run, side by side, in one thread.
 
-Run: ``python benchmarks/focus_measures.py [--stacks 20] [--seed 0] [--survey]``.
+Run: ``python benchmarks/focus_measures.py [--stacks 20] [--seed 0] [--survey [--scan FOLDER]...]``
+(``--survey --stacks 0 --scan FOLDER``: that scan only).
 """
 from __future__ import annotations
 
@@ -241,8 +242,18 @@ def survey_generated(stacks: int, seed: int, conditions: list[str]) -> dict[str,
     return out
 
 
-def survey_scans(seed: int) -> dict[str, list[dict]]:
+def survey_folder(folder: Path) -> list[dict]:
+    """`_compare` on every position of a scan folder (e.g. the cached scan of benchmarks/run.py)."""
     from ofm_tiling.scan import read_scan
+
+    rows = []
+    for p in read_scan(folder).positions:
+        tags = [k for k, im in enumerate(p.images) if im.is_central]
+        rows.append(_compare([im.path for im in p.images], tags[0] if len(tags) == 1 else None))
+    return rows
+
+
+def survey_scans(seed: int) -> dict[str, list[dict]]:
     from ofm_tiling.synthetic import make_scan
 
     out = {}
@@ -253,24 +264,24 @@ def survey_scans(seed: int) -> dict[str, list[dict]]:
                 make_scan(folder, grid=(4, 3), tile_size=(1640, 1232), source=source, seed=seed,
                           blank_tiles=[2, 7], mistag={1: "wrong", 5: "wrong", 9: "several"},
                           truth_png=False, **extra)
-                rows = []
-                for p in read_scan(folder).positions:
-                    tags = [k for k, im in enumerate(p.images) if im.is_central]
-                    rows.append(_compare([im.path for im in p.images], tags[0] if len(tags) == 1 else None))
-                out[f"make_scan {source}{name}"] = rows
+                out[f"make_scan {source}{name}"] = survey_folder(folder)
     return out
 
 
 def print_survey(groups: dict[str, list[dict]]) -> None:
-    print("| stacks | n | verdict agrees | decoded | full Tenengrad ms/plane | survey ms/plane | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("| stacks | n | verdict agrees | decoded | full Tenengrad ms/plane | survey ms/plane | ratio | "
+          "settled stacks ms/plane |")
+    print("|---|---|---|---|---|---|---|---|")
     every = [r for rows in groups.values() for r in rows]
     for name, rows in [*groups.items(), ("all", every)]:
         planes = sum(r["planes"] for r in rows)
         full = 1000 * sum(r["full_s"] for r in rows) / planes
         fast = 1000 * sum(r["fast_s"] for r in rows) / planes
+        settled = [r for r in rows if not r["decoded"]]
+        size_only = 1000 * sum(r["fast_s"] for r in settled) / max(1, sum(r["planes"] for r in settled))
         print(f"| {name} | {len(rows)} | {100 * np.mean([r['agree'] for r in rows]):.0f} % | "
-              f"{100 * np.mean([r['decoded'] for r in rows]):.0f} % | {full:.2f} | {fast:.2f} | {fast / full:.3f} |")
+              f"{100 * np.mean([r['decoded'] for r in rows]):.0f} % | {full:.2f} | {fast:.2f} | {fast / full:.3f} | "
+              f"{size_only:.3f} |")
 
 
 def main() -> None:
@@ -281,10 +292,16 @@ def main() -> None:
                         metavar="NAME", help="subset of: " + ", ".join(CONDITIONS))
     parser.add_argument("--survey", action="store_true",
                         help="compare the focus survey of stitch with full Tenengrad verdicts instead")
+    parser.add_argument("--scan", type=Path, action="append", default=[],
+                        help="with --survey: also compare on this scan folder (repeatable)")
     args = parser.parse_args()
     t0 = time.perf_counter()
+    if args.survey and args.stacks == 0:
+        print_survey({f"scan {f.name}": survey_folder(f) for f in args.scan})
+        return
     if args.survey:
-        print_survey({**survey_generated(args.stacks, args.seed, args.conditions), **survey_scans(args.seed)})
+        print_survey({**survey_generated(args.stacks, args.seed, args.conditions), **survey_scans(args.seed),
+                      **{f"scan {f.name}": survey_folder(f) for f in args.scan}})
         print(f"{args.stacks} stacks per condition, seed {args.seed}, {time.perf_counter() - t0:.0f} s")
         return
     results = evaluate(args.stacks, args.seed, args.conditions)

@@ -81,6 +81,8 @@ def select_image(position: Position, *, mode: str = "tag") -> Selection:
     tagged = [im for im in position.images if im.is_central]
     if mode == "tag" and len(tagged) == 1 and tagged[0].complete:
         s = Selection(position, tagged[0], stack.index(tagged[0]), "tagged central_image", stack=tuple(stack))
+        note = _metadata_note(position, s.image, s.plane, "the tagged central_image")
+        s.notes += [note] if note else []
     else:
         s = _sharpest(position, stack, damaged, tagged, mode)
     s.damaged = damaged + s.damaged
@@ -108,15 +110,19 @@ def _sharpest(position: Position, stack: list[ImageMetadata], damaged: list[tupl
         if len(tagged) == 1 and tagged[0] is not chosen:
             reason += f"; tagged central_image is {tagged[0].path.name}"
         return Selection(position, chosen, best, reason, curve, stack=tuple(readable), damaged=undecodable)
-    why = _why_no_tag(position, tagged, damaged + undecodable)
-    reason = f"{why}: sharpest by focus measure"
-    note = f"{position.name}: {reason} ({chosen.path.name})"
-    unreadable = [im for im in position.images if im.problem and im.problem not in _NO_METADATA]
-    if unreadable and len(unreadable) < len(position.images):
-        note = (f"{position.name}: metadata of {', '.join(im.path.name for im in unreadable)} is unreadable "
-                f"({unreadable[0].problem}); used plane {best} ({chosen.path.name}) instead, {reason}")
+    reason = f"{_why_no_tag(position, tagged, damaged + undecodable)}: sharpest by focus measure"
+    note = _metadata_note(position, chosen, best, "the sharpest by focus measure")
     return Selection(position, chosen, best, reason, curve, fallback=True, stack=tuple(readable),
-                     notes=[note], damaged=undecodable)
+                     notes=[note or f"{position.name}: {reason} ({chosen.path.name})"], damaged=undecodable)
+
+
+def _metadata_note(position: Position, chosen: ImageMetadata, plane: int, how: str) -> str | None:
+    """A note naming the planes whose metadata is damaged (not merely absent) and the plane used."""
+    unreadable = [im for im in position.images if im.problem and im.problem not in _NO_METADATA]
+    if not unreadable or len(unreadable) == len(position.images):
+        return None
+    return (f"{position.name}: metadata of {', '.join(im.path.name for im in unreadable)} is unreadable "
+            f"({unreadable[0].problem}); used plane {plane} ({chosen.path.name}), {how}")
 
 
 def _why_no_tag(position: Position, tagged: list[ImageMetadata], damaged: list[tuple[Path, str]]) -> str:
@@ -124,9 +130,12 @@ def _why_no_tag(position: Position, tagged: list[ImageMetadata], damaged: list[t
         return f"{len(tagged)} images tagged central_image"
     if len(tagged) == 1:
         return f"tagged central_image {tagged[0].path.name} is damaged"
-    problems = [im.problem for im in position.images if im.problem]
+    problems = [im for im in position.images if im.problem]
     if problems and len(problems) == len(position.images):
-        return f"metadata unreadable ({problems[0]})"
+        return f"metadata unreadable ({problems[0].problem})"
+    damaged_meta = [im.path.name for im in problems if im.problem not in _NO_METADATA]
+    if damaged_meta:
+        return f"metadata of {', '.join(damaged_meta)} unreadable"
     if damaged:
         return f"no intact image tagged central_image ({damaged[0][0].name} is damaged and may be the tagged one)"
     return "no image tagged central_image"
