@@ -92,23 +92,6 @@ class Collection:
 
 # --- consistency and layout ------------------------------------------------------------------
 
-def _stage_of(selection: Selection) -> tuple[float, float, float] | None:
-    if selection.image.stage is not None:
-        return selection.image.stage
-    # All planes of a stack share x and y; any of them will do.
-    for im in selection.position.images:
-        if im.stage is not None:
-            return im.stage
-    return None
-
-
-def _time_of(selection: Selection) -> datetime | None:
-    if selection.image.time is not None:
-        return selection.image.time
-    times = [im.time for im in selection.position.images if im.time is not None]
-    return min(times) if times else None
-
-
 def _check_sizes(selections: list[Selection]) -> tuple[int, int]:
     first = selections[0].image
     for s in selections[1:]:
@@ -172,8 +155,8 @@ def plan_tiles(scan: Scan, selections: list[Selection], *, grid: tuple[int, int]
                overlap: float | None = None, snake: bool = False) -> TilePlan:
     """Order the selected images, give them names and positions (no I/O)."""
     tile_shape = _check_sizes(selections)
-    stages = [_stage_of(s) for s in selections]
-    times = [_time_of(s) for s in selections]
+    stages = [s.stage for s in selections]
+    times = [s.time for s in selections]
     if grid is None:
         xy_stage = _stage_layout(selections, stages, tile_shape)
         layout = "stage positions through the camera-stage mapping"

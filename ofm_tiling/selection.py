@@ -7,6 +7,7 @@ was used instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,18 @@ class Selection:
     stack: tuple[ImageMetadata, ...] = ()
     notes: list[str] = field(default_factory=list)
     damaged: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def stage(self) -> tuple[float, float, float] | None:
+        """Stage position of the chosen plane, else of any plane (a stack shares x and y)."""
+        return next((im.stage for im in (self.image, *self.position.images) if im.stage is not None), None)
+
+    @property
+    def time(self) -> datetime | None:
+        """Capture time of the chosen plane, else the earliest of its stack."""
+        if self.image.time is not None:
+            return self.image.time
+        return min((im.time for im in self.position.images if im.time is not None), default=None)
 
     @property
     def tagged_plane(self) -> int | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OfmTilingError
+from .files import write_text_atomic
 
 HEADER = "# Define the number of dimensions we are working on\ndim = 2\n\n# Define the image coordinates\n"
 
@@ -24,10 +25,7 @@ def format_tile_configuration(names: Sequence[str], positions: np.ndarray) -> st
 
 def write_tile_configuration(path: str | os.PathLike, names: Sequence[str], positions: np.ndarray) -> None:
     """Write a TileConfiguration file (to a temporary name, then renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(format_tile_configuration(names, positions), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, format_tile_configuration(names, positions))
 
 
 def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConfiguration") -> tuple[list[str], np.ndarray]:
