@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,7 +29,14 @@ def write_tile_configuration(path: str | os.PathLike, names: Sequence[str], posi
     write_text_atomic(path, format_tile_configuration(names, positions))
 
 
-def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConfiguration") -> tuple[list[str], np.ndarray]:
+class TileConfiguration(NamedTuple):
+    """Tile names and their (N, 2) top-left (x, y) pixel positions."""
+
+    names: list[str]
+    positions: np.ndarray
+
+
+def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConfiguration") -> TileConfiguration:
     """Tile names and (x, y) positions from TileConfiguration text.
 
     Accepts what Fiji writes: comments, ``dim = 2``, numbers in Java ``double`` form (``1.0E-4``,
@@ -54,10 +62,10 @@ def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConf
             raise OfmTilingError(source, f"line {number} needs two coordinates: {line!r}")
         names.append(parts[0].strip())
         coords.append((values[0], values[1]))
-    return names, np.array(coords, dtype=float).reshape(-1, 2)
+    return TileConfiguration(names, np.array(coords, dtype=float).reshape(-1, 2))
 
 
-def read_tile_configuration(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+def read_tile_configuration(path: str | os.PathLike) -> TileConfiguration:
     """Read a TileConfiguration file (see `parse_tile_configuration`)."""
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")

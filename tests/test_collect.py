@@ -322,6 +322,17 @@ def test_unreadable_usercomment_names_the_file_and_the_plane_used(copy_scan):
     tile = next(t for t in result.tiles if t.position == pos.folder)
     assert f"plane {tile.plane} ({tile.source.name})" in note
     assert "no image tagged" not in note
+    # another position: an untagged plane's comment is damaged; the tagged plane is used, and said so
+    other = truth.positions[2]
+    bad = next(f for f in other.files if f != other.central_file)
+    exif = piexif.load(str(scan / other.folder / bad))
+    exif["Exif"][piexif.ExifIFD.UserComment] = b"\x00\xffnot json"
+    piexif.insert(piexif.dump(exif), str(scan / other.folder / bad))
+    result = collect(scan)
+    tile = next(t for t in result.tiles if t.position == other.folder)
+    assert tile.source.name == other.central_file and tile.reason == "tagged central_image"
+    note = next(n for n in result.notes if other.folder in n and "unreadable" in n)
+    assert bad in note and f"plane {tile.plane} ({other.central_file}), the tagged central_image" in note
 
 
 def test_collect_into_writes_a_staging_folder_and_swaps_nothing(copy_scan, tmp_path):
