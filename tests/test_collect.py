@@ -26,7 +26,8 @@ def offset_free_error(a, b):
 def check_collection(scan, truth, result):
     """Tiles are byte-identical copies of the truly central images, in capture order, at stage positions."""
     central = truth.central_paths(scan)
-    assert [t.name for t in result.tiles] == [f"{k:0{tile_name_width(len(central))}d}.jpeg" for k in range(len(central))]
+    width = tile_name_width(len(central))
+    assert [t.name for t in result.tiles] == [f"{k:0{width}d}.jpeg" for k in range(len(central))]
     for k, src in enumerate(central):
         assert (result.use_dir / result.tiles[k].name).read_bytes() == src.read_bytes()
         assert result.tiles[k].source == src
@@ -250,7 +251,8 @@ def test_console_script_runs_the_example(tmp_path):
     subprocess.run([exe, "example", str(tmp_path / "ex"), "--grid", "2x2", "--tile", "160x120", "-q"], check=True)
     r = subprocess.run([exe, "collect", str(tmp_path / "ex")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "ex" / "use").glob("*.jpeg")) == ["00.jpeg", "01.jpeg", "02.jpeg", "03.jpeg"]
+    tiles = sorted(p.name for p in (tmp_path / "ex" / "use").glob("*.jpeg"))
+    assert tiles == ["00.jpeg", "01.jpeg", "02.jpeg", "03.jpeg"]
 
 
 # --- issue 12: failure reports, plane order, unreadable metadata ------------------------------
