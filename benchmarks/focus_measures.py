@@ -30,7 +30,16 @@ lowest of a stack with tissue (a clear-peak threshold works between them); unimo
 without a reversal larger than 2 % of their range; ms = decode of one 8 MP JPEG at that scale +
 the measure.
 
-Run: ``python benchmarks/focus_measures.py [--stacks 20] [--seed 0]``.
+Survey (``--survey``): the focus check of `stitch` (`ofm_tiling.focus.survey_stack`: JPEG sizes
+first, a 1/8-size Tenengrad decode only where the sizes do not settle the verdict) against the full
+Tenengrad verdict of every stack, on the stacks above (every 4th stack tagged 2 planes off) and on
+scans from ``ofm_tiling.synthetic.make_scan`` (procedural and real H&E texture, 1640 x 1232 colour
+tiles, blank glass and mistagged positions). Agreement compares the verdict fields: sharpest plane,
+clear peak, tagged plane sharpest, and the report message. Cost per plane is measured in the same
+run, side by side, in one thread.
+
+Run: ``python benchmarks/focus_measures.py [--stacks 20] [--seed 0] [--survey [--scan FOLDER]...]``
+(``--survey --stacks 0 --scan FOLDER``: that scan only).
 """
 from __future__ import annotations
 
@@ -45,8 +54,16 @@ import tifffile
 from PIL import Image
 from scipy import fft, special
 
-from ofm_tiling.focus import (DEFAULT_MEASURE, analyse_curve, brenner, laplacian_variance, normalised_variance,
-                              tenengrad)
+from ofm_tiling.focus import (
+    DEFAULT_MEASURE,
+    analyse_curve,
+    brenner,
+    focus_curve,
+    laplacian_variance,
+    normalised_variance,
+    survey_stack,
+    tenengrad,
+)
 from ofm_tiling.imageio import read_gray
 
 TILE = (1232, 1640)  # rows, columns
@@ -196,14 +213,97 @@ def timing(repeats: int = 5) -> dict:
     return out
 
 
+def _verdict_fields(v) -> tuple:
+    return v.best, v.clear_peak, v.tagged_is_sharpest, v.message
+
+
+def _compare(paths: list[Path], tagged: int | None) -> dict:
+    """Full Tenengrad verdict and survey verdict of one stack, with their costs (s)."""
+    t0 = time.perf_counter()
+    full = analyse_curve(focus_curve(paths), tagged)
+    t1 = time.perf_counter()
+    fast = survey_stack(paths, tagged)
+    t2 = time.perf_counter()
+    return {"agree": _verdict_fields(full) == _verdict_fields(fast.verdict), "decoded": fast.measure != "jpeg_size",
+            "full_s": t1 - t0, "fast_s": t2 - t1, "planes": len(paths), "ok": full.ok}
+
+
+def survey_generated(stacks: int, seed: int, conditions: list[str]) -> dict[str, list[dict]]:
+    rng = np.random.default_rng(seed)
+    lum = load_texture()
+    windows = tissue_windows(lum, (TILE[0] // 2, TILE[1] // 2))
+    out: dict[str, list[dict]] = {c: [] for c in conditions}
+    with tempfile.TemporaryDirectory() as tmp:
+        for cond in conditions:
+            for k in range(stacks):
+                paths, best = make_stack(rng, lum, windows, Path(tmp), **CONDITIONS[cond])
+                tagged = best if k % 4 else min(best + 2, PLANES - 1)
+                out[cond].append(_compare(paths, tagged))
+    return out
+
+
+def survey_folder(folder: Path) -> list[dict]:
+    """`_compare` on every position of a scan folder (e.g. the cached scan of benchmarks/run.py)."""
+    from ofm_tiling.scan import read_scan
+
+    rows = []
+    for p in read_scan(folder).positions:
+        tags = [k for k, im in enumerate(p.images) if im.is_central]
+        rows.append(_compare([im.path for im in p.images], tags[0] if len(tags) == 1 else None))
+    return rows
+
+
+def survey_scans(seed: int) -> dict[str, list[dict]]:
+    from ofm_tiling.synthetic import make_scan
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in ("procedural", "real"):
+            for name, extra in (("", {}), (", noisy + vignetting", {"noise_sigma": 6.0, "vignetting": 0.15})):
+                folder = Path(tmp) / f"{source}{len(out)}"
+                make_scan(folder, grid=(4, 3), tile_size=(1640, 1232), source=source, seed=seed,
+                          blank_tiles=[2, 7], mistag={1: "wrong", 5: "wrong", 9: "several"},
+                          truth_png=False, **extra)
+                out[f"make_scan {source}{name}"] = survey_folder(folder)
+    return out
+
+
+def print_survey(groups: dict[str, list[dict]]) -> None:
+    print("| stacks | n | verdict agrees | decoded | full Tenengrad ms/plane | survey ms/plane | ratio | "
+          "settled stacks ms/plane |")
+    print("|---|---|---|---|---|---|---|---|")
+    every = [r for rows in groups.values() for r in rows]
+    for name, rows in [*groups.items(), ("all", every)]:
+        planes = sum(r["planes"] for r in rows)
+        full = 1000 * sum(r["full_s"] for r in rows) / planes
+        fast = 1000 * sum(r["fast_s"] for r in rows) / planes
+        settled = [r for r in rows if not r["decoded"]]
+        size_only = 1000 * sum(r["fast_s"] for r in settled) / max(1, sum(r["planes"] for r in settled))
+        print(f"| {name} | {len(rows)} | {100 * np.mean([r['agree'] for r in rows]):.0f} % | "
+              f"{100 * np.mean([r['decoded'] for r in rows]):.0f} % | {full:.2f} | {fast:.2f} | {fast / full:.3f} | "
+              f"{size_only:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", type=int, default=20, help="stacks per condition (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS),
                         metavar="NAME", help="subset of: " + ", ".join(CONDITIONS))
+    parser.add_argument("--survey", action="store_true",
+                        help="compare the focus survey of stitch with full Tenengrad verdicts instead")
+    parser.add_argument("--scan", type=Path, action="append", default=[],
+                        help="with --survey: also compare on this scan folder (repeatable)")
     args = parser.parse_args()
     t0 = time.perf_counter()
+    if args.survey and args.stacks == 0:
+        print_survey({f"scan {f.name}": survey_folder(f) for f in args.scan})
+        return
+    if args.survey:
+        print_survey({**survey_generated(args.stacks, args.seed, args.conditions), **survey_scans(args.seed),
+                      **{f"scan {f.name}": survey_folder(f) for f in args.scan}})
+        print(f"{args.stacks} stacks per condition, seed {args.seed}, {time.perf_counter() - t0:.0f} s")
+        return
     results = evaluate(args.stacks, args.seed, args.conditions)
     times = timing()
     accuracy_conds = [c for c in args.conditions if c != "glass"]

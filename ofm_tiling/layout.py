@@ -1,9 +1,12 @@
-"""From stage positions (motor steps) to tile positions (pixels), and the order tiles were taken in.
+"""From stage positions (motor steps) to tile positions (pixels), their rows and columns, and the order
+tiles were taken in.
 
 Positions everywhere in ofm-tiling are (N, 2) float arrays of each tile's top-left corner in
 pixels, x = column and y = row (y pointing down), as Fiji's TileConfiguration expects.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,20 +58,61 @@ def grid_positions(n: int, *, cols: int, rows: int, tile_shape: tuple[int, int],
     return out
 
 
+@dataclass(frozen=True)
+class RowGroups:
+    """Positions grouped into rows (or columns) of a grid.
+
+    Attributes
+    ----------
+    labels : (N,) ndarray of int
+        The group of each position, 0 for the smallest coordinate.
+    centres : (K,) ndarray of float
+        Mean coordinate of each group, increasing.
+    """
+
+    labels: np.ndarray
+    centres: np.ndarray
+
+
+def group_rows(values: np.ndarray, tile_length: float) -> RowGroups:
+    """Group 1-D tile coordinates into grid lines: y into rows, or x into columns.
+
+    Positions are sorted and a new line starts at every gap larger than half the largest gap and
+    larger than 0.15 tile lengths: steps between lines are the large gaps, stage error (tens of
+    pixels) the small ones.
+
+    Parameters
+    ----------
+    values : (N,) array
+        One coordinate of every tile, in pixels.
+    tile_length : float
+        The tile's extent along that coordinate (height for rows, width for columns).
+
+    Returns
+    -------
+    RowGroups
+    """
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    gaps = np.diff(ordered)
+    if gaps.size == 0:
+        return RowGroups(np.zeros(len(values), dtype=int), ordered.copy())
+    threshold = max(0.5 * float(gaps.max()), 0.15 * tile_length)
+    sorted_labels = np.concatenate([[0], np.cumsum(gaps > threshold)])
+    labels = np.empty(len(values), dtype=int)
+    labels[order] = sorted_labels
+    centres = np.array([ordered[sorted_labels == k].mean() for k in range(sorted_labels[-1] + 1)])
+    return RowGroups(labels, centres)
+
+
 def scan_order(xy: np.ndarray, tile_shape: tuple[int, int]) -> np.ndarray:
     """Indices that sort tiles row by row (top to bottom, then left to right).
 
-    Rows are formed by grouping positions whose y differs by less than half a tile height, so
-    stage error of tens of pixels does not split a row.
+    Rows are found by `group_rows`, so stage error of tens of pixels does not split a row.
     """
     xy = np.asarray(xy, dtype=float)
     if len(xy) == 0:
         return np.zeros(0, dtype=int)
-    by_y = np.argsort(xy[:, 1], kind="stable")
-    row_of = np.empty(len(xy), dtype=int)
-    row, start_y = 0, xy[by_y[0], 1]
-    for k in by_y:
-        if xy[k, 1] - start_y > tile_shape[0] / 2:
-            row, start_y = row + 1, xy[k, 1]
-        row_of[k] = row
-    return np.lexsort((xy[:, 0], row_of))
+    rows = group_rows(xy[:, 1], tile_shape[0]).labels
+    return np.lexsort((xy[:, 0], rows))

@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import piexif
@@ -84,16 +84,30 @@ class HeaderError(ValueError):
     """The file is not a readable JPEG (message says why)."""
 
 
-def read_jpeg_header(path: str | os.PathLike) -> tuple[int, int, bytes | None, bool]:
-    """Read a JPEG's size and EXIF block without decoding it.
+class JpegHeader(NamedTuple):
+    """What a JPEG's header says without decoding it.
 
-    Returns
-    -------
+    Attributes
+    ----------
     width, height : int
     exif : bytes or None
         The APP1 Exif payload (starting with ``Exif\\0\\0``), if any.
     complete : bool
         Whether the file ends with an end-of-image marker.
+    """
+
+    width: int
+    height: int
+    exif: bytes | None
+    complete: bool
+
+
+def read_jpeg_header(path: str | os.PathLike) -> JpegHeader:
+    """Read a JPEG's size and EXIF block without decoding it.
+
+    Returns
+    -------
+    JpegHeader
 
     Raises
     ------
@@ -137,7 +151,7 @@ def read_jpeg_header(path: str | os.PathLike) -> tuple[int, int, bytes | None, b
         complete = b"\xff\xd9" in f.read()
     if width == 0 or height == 0:
         raise HeaderError("JPEG frame header gives a zero image size")
-    return width, height, exif, complete
+    return JpegHeader(width, height, exif, complete)
 
 
 def decode_user_comment(raw: bytes) -> str:
@@ -222,7 +236,7 @@ def parse_ofm_json(doc: dict) -> dict[str, Any]:
 
     Unknown keys are ignored; missing ones come back as None.
     """
-    image = doc.get("image") if isinstance(doc.get("image"), dict) else {}
+    image: dict = doc["image"] if isinstance(doc.get("image"), dict) else {}
     extensions = _get(doc, "instrument", "settings", "extensions")
     if isinstance(extensions, dict) or isinstance(_get(doc, "instrument", "state"), dict):
         layout = "v2"

@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import OfmTilingError
+from .files import write_text_atomic
 
 HEADER = "# Define the number of dimensions we are working on\ndim = 2\n\n# Define the image coordinates\n"
 
@@ -24,13 +26,17 @@ def format_tile_configuration(names: Sequence[str], positions: np.ndarray) -> st
 
 def write_tile_configuration(path: str | os.PathLike, names: Sequence[str], positions: np.ndarray) -> None:
     """Write a TileConfiguration file (to a temporary name, then renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(format_tile_configuration(names, positions), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, format_tile_configuration(names, positions))
 
 
-def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConfiguration") -> tuple[list[str], np.ndarray]:
+class TileConfiguration(NamedTuple):
+    """Tile names and their (N, 2) top-left (x, y) pixel positions."""
+
+    names: list[str]
+    positions: np.ndarray
+
+
+def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConfiguration") -> TileConfiguration:
     """Tile names and (x, y) positions from TileConfiguration text.
 
     Accepts what Fiji writes: comments, ``dim = 2``, numbers in Java ``double`` form (``1.0E-4``,
@@ -56,10 +62,10 @@ def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConf
             raise OfmTilingError(source, f"line {number} needs two coordinates: {line!r}")
         names.append(parts[0].strip())
         coords.append((values[0], values[1]))
-    return names, np.array(coords, dtype=float).reshape(-1, 2)
+    return TileConfiguration(names, np.array(coords, dtype=float).reshape(-1, 2))
 
 
-def read_tile_configuration(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+def read_tile_configuration(path: str | os.PathLike) -> TileConfiguration:
     """Read a TileConfiguration file (see `parse_tile_configuration`)."""
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")

@@ -3,17 +3,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import piexif
 import pytest
+from conftest import snapshot
 from PIL import Image
 
-from conftest import snapshot
 from ofm_tiling.cli import main
-from ofm_tiling.collect import collect, tile_name_width
+from ofm_tiling.collect import collect, collect_into, tile_name_width
+from ofm_tiling.errors import OfmTilingError
+from ofm_tiling.scan import read_scan
 from ofm_tiling.tileconfig import read_tile_configuration
 
 
@@ -25,7 +26,8 @@ def offset_free_error(a, b):
 def check_collection(scan, truth, result):
     """Tiles are byte-identical copies of the truly central images, in capture order, at stage positions."""
     central = truth.central_paths(scan)
-    assert [t.name for t in result.tiles] == [f"{k:0{tile_name_width(len(central))}d}.jpeg" for k in range(len(central))]
+    width = tile_name_width(len(central))
+    assert [t.name for t in result.tiles] == [f"{k:0{width}d}.jpeg" for k in range(len(central))]
     for k, src in enumerate(central):
         assert (result.use_dir / result.tiles[k].name).read_bytes() == src.read_bytes()
         assert result.tiles[k].source == src
@@ -162,8 +164,21 @@ def test_truncated_central_jpeg(copy_scan, capsys):
     scan, truth = copy_scan("v2-trunc", grid=(2, 2))
     p = scan / truth.positions[1].folder / truth.positions[1].central_file
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    line = run_cli_error(capsys, scan)
+    line = run_cli_error(capsys, scan, "--strict")
     assert str(p) in line and "truncated" in line
+    # Without --strict: the sharpest readable plane instead, with a note naming the damaged file.
+    result = collect(scan)
+    tile = result.tiles[1]
+    assert tile.source.parent == p.parent and tile.source != p
+    assert tile.source.name in _neighbours(truth.positions[1])  # the next sharpest planes
+    assert any(str(p) in n and "truncated" in n for n in result.notes)
+    assert any(truth.positions[1].folder in n and p.name in n and "damaged" in n for n in result.notes)
+
+
+def _neighbours(pos) -> list[str]:
+    """The planes next to the truly sharpest one."""
+    k = pos.central_index
+    return [pos.files[j] for j in (k - 1, k + 1) if 0 <= j < len(pos.files)]
 
 
 def test_corrupt_jpeg_elsewhere_in_stack_is_a_note(copy_scan, caplog):
@@ -172,8 +187,10 @@ def test_corrupt_jpeg_elsewhere_in_stack_is_a_note(copy_scan, caplog):
     other = next(f for f in pos.files if f != pos.central_file)
     (scan / pos.folder / other).write_bytes(b"\x00garbage" * 100)
     result = collect(scan)
-    assert any(other in n and "not a JPEG" in n for n in result.notes)
+    assert any(other in n and "not a JPEG" in n and "skipped" in n for n in result.notes)
     check_collection(scan, truth, result)
+    with pytest.raises(OfmTilingError, match=f"{other}: not a JPEG"):
+        collect(scan, strict=True)
 
 
 def test_corrupt_tagged_jpeg(copy_scan, capsys):
@@ -182,8 +199,14 @@ def test_corrupt_tagged_jpeg(copy_scan, capsys):
     data = bytearray((scan / pos.folder / pos.central_file).read_bytes())
     p = scan / pos.folder / pos.central_file
     p.write_bytes(b"\xff\xd8\xff\xe1\x00\x01" + bytes(data[6:]))  # segment length 1 is impossible
-    line = run_cli_error(capsys, scan)
+    line = run_cli_error(capsys, scan, "--strict")
     assert pos.folder in line
+    # Without --strict: the sharpest readable plane instead, with a note naming the damaged file.
+    result = collect(scan)
+    tile = next(t for t in result.tiles if t.position == pos.folder)
+    assert tile.source.parent == p.parent and tile.source != p
+    assert tile.source.name in _neighbours(pos)  # the next sharpest planes
+    assert any(str(p) in n and "damaged" in n for n in result.notes)
 
 
 def test_usercomment_not_json(copy_scan, capsys):
@@ -228,4 +251,99 @@ def test_console_script_runs_the_example(tmp_path):
     subprocess.run([exe, "example", str(tmp_path / "ex"), "--grid", "2x2", "--tile", "160x120", "-q"], check=True)
     r = subprocess.run([exe, "collect", str(tmp_path / "ex")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "ex" / "use").glob("*.jpeg")) == ["00.jpeg", "01.jpeg", "02.jpeg", "03.jpeg"]
+    tiles = sorted(p.name for p in (tmp_path / "ex" / "use").glob("*.jpeg"))
+    assert tiles == ["00.jpeg", "01.jpeg", "02.jpeg", "03.jpeg"]
+
+
+# --- issue 12: failure reports, plane order, unreadable metadata ------------------------------
+
+def test_failure_data_json_is_shown_whole(copy_scan, capsys):
+    scan, truth = copy_scan("v2-incomplete", grid=(3, 2), incomplete=True)
+    doc = {"outcome": "stopped", "cause": {"kind": "Autofocus", "trace": ["z=120 no peak", "z=140 no peak"]},
+           "attempts": 3, "retry": None}
+    (scan / truth.failed_folder / "data.json").write_text(json.dumps(doc))
+    assert main(["collect", str(scan)]) == 0
+    err = capsys.readouterr().err
+    text = (scan / "use" / "scan-failure.txt").read_text()
+    for shown in (text, err):
+        for expected in ("outcome: stopped", "cause:", "kind: Autofocus", "- z=120 no peak", "- z=140 no peak",
+                         "attempts: 3", "retry: null", truth.failed_folder):
+            assert expected in shown, (expected, shown)
+    assert main(["collect", str(scan), "--strict"]) == 2
+    line = capsys.readouterr().err
+    assert "cause.kind: Autofocus" in line and "cause.trace[1]: z=140 no peak" in line
+
+
+def _rename_planes(folder: Path, names: list[str]) -> list[Path]:
+    """Rename the JPEGs of a position (in stage-z order) to `names`; returns the new paths."""
+    planes = sorted(folder.glob("*.jpeg"), key=lambda p: read_scan_z(p))
+    temp = [p.rename(p.with_name(f"tmp-{k}.tmp")) for k, p in enumerate(planes)]
+    return [t.rename(folder / n) for t, n in zip(temp, names)]
+
+
+def read_scan_z(path: Path) -> float:
+    from ofm_tiling.metadata import read_metadata
+    return read_metadata(path).stage[2]
+
+
+@pytest.mark.parametrize("source", ["z", "time", "name"])
+def test_planes_are_ordered_by_z_then_time_then_number(copy_scan, source):
+    scan, truth = copy_scan("v2-order", grid=(2, 1))
+    folder = scan / truth.positions[0].folder
+    names = [f"{k}.jpeg" for k in range(9, 18)]  # text order would put 9 last
+    paths = _rename_planes(folder, names[::-1] if source == "z" else names)
+    if source != "z":
+        for p in paths:  # no z: every plane at the same height
+            _rewrite_comment(p, lambda d: d["instrument"]["state"]["stage"]["position"].update(z=0))
+    if source == "name":
+        for p in paths:
+            _rewrite_comment(p, lambda d: d["image"].pop("time"))
+            exif = piexif.load(str(p))
+            for ifd in ("0th", "Exif"):
+                for tag in (piexif.ImageIFD.DateTime, piexif.ExifIFD.DateTimeOriginal):
+                    exif[ifd].pop(tag, None)
+            piexif.insert(piexif.dump(exif), str(p))
+    position = next(p for p in read_scan(scan).positions if p.folder == folder)
+    expected = [p.name for p in paths]  # z order, also of capture time
+    assert [im.path.name for im in position.images] == expected
+    result = collect(scan)
+    tile = next(t for t in result.tiles if t.position == folder.name)
+    assert tile.plane == truth.positions[0].central_index  # the plane index counts in focus order
+
+
+def test_unreadable_usercomment_names_the_file_and_the_plane_used(copy_scan):
+    scan, truth = copy_scan("v2-onebadjson", grid=(2, 2))
+    pos = truth.positions[1]
+    p = scan / pos.folder / pos.central_file
+    exif = piexif.load(str(p))
+    exif["Exif"][piexif.ExifIFD.UserComment] = b'{"image": {"tags": ["central_im'
+    piexif.insert(piexif.dump(exif), str(p))
+    result = collect(scan)
+    note = next(n for n in result.notes if pos.folder in n and "unreadable" in n)
+    assert pos.central_file in note and "not JSON" in note
+    tile = next(t for t in result.tiles if t.position == pos.folder)
+    assert f"plane {tile.plane} ({tile.source.name})" in note
+    assert "no image tagged" not in note
+    # another position: an untagged plane's comment is damaged; the tagged plane is used, and said so
+    other = truth.positions[2]
+    bad = next(f for f in other.files if f != other.central_file)
+    exif = piexif.load(str(scan / other.folder / bad))
+    exif["Exif"][piexif.ExifIFD.UserComment] = b"\x00\xffnot json"
+    piexif.insert(piexif.dump(exif), str(scan / other.folder / bad))
+    result = collect(scan)
+    tile = next(t for t in result.tiles if t.position == other.folder)
+    assert tile.source.name == other.central_file and tile.reason == "tagged central_image"
+    note = next(n for n in result.notes if other.folder in n and "unreadable" in n)
+    assert bad in note and f"plane {tile.plane} ({other.central_file}), the tagged central_image" in note
+
+
+def test_collect_into_writes_a_staging_folder_and_swaps_nothing(copy_scan, tmp_path):
+    scan, truth = copy_scan("v2-into", grid=(3, 2))
+    before = snapshot(scan, exclude=())
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    result = collect_into(staging, scan)
+    assert result.use_dir == staging and snapshot(scan, exclude=()) == before
+    check_collection(scan, truth, result)
+    with pytest.raises(OfmTilingError, match="focus must be 'central' or 'edf'"):
+        collect_into(staging, scan, focus="stacked")

@@ -1,6 +1,6 @@
 import numpy as np
 
-from ofm_tiling.layout import grid_positions, scan_order, stage_to_pixels
+from ofm_tiling.layout import grid_positions, group_rows, scan_order, stage_to_pixels
 
 
 def test_stage_to_pixels_inverts_the_mapping_and_scales_with_width():
@@ -26,3 +26,16 @@ def test_scan_order_tolerates_stage_error():
     shuffled = rng.permutation(20)
     order = scan_order(xy[shuffled], (240, 320))
     assert list(shuffled[order]) == list(range(20))
+
+
+def test_group_rows_finds_grid_lines_despite_stage_error():
+    rng = np.random.default_rng(1)
+    rows = np.repeat(np.arange(4), 6)
+    y = rows * 1700.0 + rng.uniform(-40, 40, rows.size)  # 2464 px tiles, 30 % overlap
+    shuffled = rng.permutation(rows.size)
+    groups = group_rows(y[shuffled], 2464)
+    assert groups.labels.tolist() == rows[shuffled].tolist()
+    np.testing.assert_allclose(groups.centres, [y[rows == k].mean() for k in range(4)])
+    one = group_rows(np.array([3.0, -20.0, 15.0]), 2464)  # a single row
+    assert one.labels.tolist() == [0, 0, 0] and one.centres.shape == (1,)
+    assert group_rows(np.array([5.0]), 100).labels.tolist() == [0]

@@ -5,8 +5,7 @@ import piexif
 import pytest
 from PIL import Image
 
-from ofm_tiling.metadata import (HeaderError, decode_user_comment, parse_ofm_json, read_jpeg_header,
-                                 read_metadata)
+from ofm_tiling.metadata import HeaderError, decode_user_comment, parse_ofm_json, read_jpeg_header, read_metadata
 
 CSM = [[0.05, -2.4], [2.4, 0.05]]
 V2 = {"image": {"id": "a", "name": "x.jpeg", "time": "2025-03-04T10:11:12.345678", "format": "jpeg",

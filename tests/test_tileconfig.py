@@ -2,8 +2,12 @@ import numpy as np
 import pytest
 
 from ofm_tiling.errors import OfmTilingError
-from ofm_tiling.tileconfig import (format_tile_configuration, parse_tile_configuration, read_tile_configuration,
-                                   write_tile_configuration)
+from ofm_tiling.tileconfig import (
+    format_tile_configuration,
+    parse_tile_configuration,
+    read_tile_configuration,
+    write_tile_configuration,
+)
 
 
 def test_round_trip(tmp_path):
