@@ -33,7 +33,7 @@ One run measures, on the same generated scan with known truth:
 * **memory against scan length**: our stitch alone on scans 20 tiles wide of the main tile size
   (central planes only) and of different lengths (full preset: 20x3 and 20x10), peak RSS of each;
 * the two **JPEG decoders** on the same tiles, alternating on one thread (ms per tile);
-* the **all-in-focus** cost: ``ofm_tiling.focus.edf_from_paths`` on a few 9-plane positions of the
+* the **all-in-focus** cost: ``ofm_tiling.allinfocus.edf_from_paths`` on a few 9-plane positions of the
   main scan (seconds per position).
 
 Every measured thing runs in its own child process; wall time is measured around it, CPU time
@@ -489,7 +489,7 @@ def task_decoders(a: dict) -> dict:
 
 
 def task_edf(a: dict) -> dict:
-    from ofm_tiling.focus import edf_from_paths
+    from ofm_tiling.allinfocus import edf_from_paths
 
     times = []
     for stack in a["stacks"]:
@@ -922,7 +922,7 @@ def write_markdown(path: Path, results: dict, plot_rel: str | None) -> None:
         if edf.get("returncode") == 0:
             er = edf["result"]
             per = ", ".join(f"{t:.2f}" for t in er["per_position_s"])
-            lines += [f"`ofm_tiling.focus.edf_from_paths` on {len(er['per_position_s'])} positions of "
+            lines += [f"`ofm_tiling.allinfocus.edf_from_paths` on {len(er['per_position_s'])} positions of "
                       f"{er['planes']} planes of {er['shape'][1]}×{er['shape'][0]} ({results['workers']} workers): "
                       f"**{er['mean_s']:.2f} s per position** (each: {per} s); process peak RSS "
                       f"{edf['peak_rss_mb']:.0f} MB, load before {_f((edf.get('load_before') or [None])[0], 2)}.", ""]

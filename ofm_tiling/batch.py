@@ -166,8 +166,9 @@ def plan_local(scans: Sequence[str], options: dict, *, jobs: int | None = None,
 
 #: Imported once by the fork server, so that each scan's process starts without importing them again
 #: (~1 s of CPU per scan). A name that does not import is skipped by the fork server.
-PRELOAD = ["ofm_tiling.stitch", "ofm_tiling.register", "ofm_tiling.solve", "ofm_tiling.fuse",
-           "ofm_tiling.writers", "ofm_tiling.report", "ofm_tiling.imageio", "ofm_tiling.batch"]
+PRELOAD = ["ofm_tiling.stitch", "ofm_tiling.collect", "ofm_tiling.register", "ofm_tiling.solve", "ofm_tiling.fuse",
+           "ofm_tiling.pyramid", "ofm_tiling.report", "ofm_tiling.layout_picture", "ofm_tiling.imageio",
+           "ofm_tiling.batch"]
 
 
 def _process_context():

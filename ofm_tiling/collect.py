@@ -10,7 +10,6 @@ import io
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -18,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OfmTilingError
-from .files import FolderSwap, check_output_dir
+from .files import FolderSwap, ScanLock, check_output_dir, recover
 from .focus import survey_stacks
 from .layout import grid_positions, scan_order, stage_to_pixels
 from .metadata import ImageMetadata
+from .options import CollectOptions
 from .scan import OWN_OUTPUT, FailedPosition, Scan, natural_key, read_scan
-from .selection import SELECT_MODES, Selection, select_image
+from .selection import Selection, select_image
 from .tileconfig import format_tile_configuration
 
 log = logging.getLogger("ofm_tiling")
@@ -31,7 +31,6 @@ log = logging.getLogger("ofm_tiling")
 TILE_CONFIGURATION = "TileConfiguration.txt"
 TILES_CSV = "tiles.csv"
 FAILURE_REPORT = "scan-failure.txt"
-FOCUS_MODES = ("central", "edf")
 
 
 @dataclass
@@ -274,36 +273,7 @@ def write_use(folder: Path, scan: Scan, plan: TilePlan, *, focus: str = "central
         raise OfmTilingError(exc.filename or folder, f"cannot write ({exc.strerror})") from None
 
 
-def prepare_output_dir(out: Path, *, purpose: str) -> None:
-    """`ofm_tiling.files.check_output_dir`, under its old name (kept only until stitch.py uses files.py)."""
-    check_output_dir(out, parameter=purpose)
-
-
-def replace_dir(build: Callable[[Path], None], out: Path) -> None:
-    """Build a folder with `build` and swap it in with `ofm_tiling.files.FolderSwap` (kept only until
-    stitch.py uses files.py directly)."""
-    with FolderSwap([out], journal_dir=out.parent) as swap:
-        try:
-            build(swap.staging(out))
-        except OSError as exc:
-            raise OfmTilingError(exc.filename or out, f"cannot write ({exc.strerror or exc})") from None
-        swap.commit()
-
-
 # --- the stage -------------------------------------------------------------------------------
-
-def check_options(*, select: str = "tag", grid: tuple[int, int] | None = None, overlap: float | None = None,
-                  focus: str = "central") -> None:
-    """Refuse option values `collect` cannot use, naming the parameter."""
-    if focus not in FOCUS_MODES:
-        raise OfmTilingError(None, f"focus must be 'central' or 'edf', not {focus!r}")
-    if select not in SELECT_MODES:
-        raise OfmTilingError(None, f"select must be 'tag' or 'sharpest', not {select!r}")
-    if grid is not None and (len(grid) != 2 or min(grid) < 1):
-        raise OfmTilingError(None, f"grid must be (columns, rows) of at least 1, not {grid!r}")
-    if grid is not None and (overlap is None or not 0 <= overlap < 1):
-        raise OfmTilingError(None, "grid needs an overlap with 0 <= overlap < 1 (e.g. 0.3)")
-
 
 def _scan_notes(scan: Scan, selections: list[Selection], *, strict: bool) -> list[str]:
     """Notes on ignored folders, damaged files and failed positions; with `strict`, errors instead."""
@@ -336,7 +306,7 @@ def collect_into(folder: str | os.PathLike, scan: str | os.PathLike | Scan, *, s
     when it lies inside the scan. `scan` is the scan folder or a `Scan` already read (then `skip`
     is not used).
     """
-    check_options(select=select, grid=grid, overlap=overlap, focus=focus)
+    CollectOptions(select=select, focus=focus, grid=grid, overlap=overlap).check()
     folder = Path(folder)
     if not isinstance(scan, Scan):
         scan = read_scan(scan, skip=(folder, *skip))
@@ -383,13 +353,16 @@ def collect(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None
     -------
     Collection
     """
-    check_options(select=select, grid=grid, overlap=overlap, focus=focus)
+    CollectOptions(select=select, focus=focus, grid=grid, overlap=overlap).check()
     out_dir = check_output_dir(Path(out) if out is not None else Path(scan_dir) / "use", parameter="out")
     scan = read_scan(scan_dir, skip=(out_dir, *skip))  # before anything is written
-    with FolderSwap([out_dir], journal_dir=out_dir.parent) as swap:
-        result = collect_into(swap.staging(out_dir), scan, select=select, link=link, strict=strict, grid=grid,
-                              overlap=overlap, focus=focus, workers=workers)
-        swap.commit()
+    with ScanLock(out_dir.parent):
+        for note in recover(out_dir.parent, [out_dir]):
+            log.warning(note)
+        with FolderSwap([out_dir], journal_dir=out_dir.parent) as swap:
+            result = collect_into(swap.staging(out_dir), scan, select=select, link=link, strict=strict, grid=grid,
+                                  overlap=overlap, focus=focus, workers=workers)
+            swap.commit()
     for note in result.notes:
         log.warning(note)
     return replace(result, use_dir=out_dir)

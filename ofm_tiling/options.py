@@ -30,8 +30,8 @@ DEFAULT_QUALITY = 80
 
 def _check_choice(name: str, value: object) -> None:
     if value not in CHOICES[name]:
-        allowed = ", ".join(repr(c) for c in CHOICES[name])
-        raise OptionError(name, f"must be one of {allowed}, not {value!r}")
+        *first, last = [repr(c) for c in CHOICES[name]]
+        raise OptionError(name, f"must be {', '.join(first)} or {last}, not {value!r}")
 
 
 def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> None:

@@ -17,8 +17,6 @@ from .focus import focus_curve
 from .metadata import ImageMetadata
 from .scan import Position
 
-SELECT_MODES = ("tag", "sharpest")
-
 # Metadata problems that mean "there is none" rather than "it is damaged" (see metadata.read_metadata).
 _NO_METADATA = ("no EXIF metadata", "no EXIF UserComment")
 

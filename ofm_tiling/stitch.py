@@ -21,6 +21,7 @@ import numpy as np
 from .files import FolderSwap, ScanLock, check_output_dir, recover
 from .options import StitchOptions
 from .outputs import LAYOUT_PNG, MOSAIC, PREVIEW, REGISTERED, REPORT, VIEWER
+from .scan import Scan, read_scan
 
 if TYPE_CHECKING:
     from .backend import Backend, Mosaic
@@ -152,20 +153,22 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     folders = _Folders.of(scan_dir, use, out)
     for folder, parameter in ((folders.use, "use"), (folders.out, "out")):
         check_output_dir(folder, parameter=parameter)
+    scan = read_scan(folders.scan, skip=(folders.out, folders.use))  # a missing scan is named before any write
     with ScanLock(folders.use.parent, wait=options.wait):
         for note in recover(folders.use.parent, [folders.use, folders.out]):
             log.warning(note)
-        return _run(folders, options, backend, show_progress)
+        return _run(scan, folders, options, backend, show_progress)
 
 
-def _run(folders: _Folders, options: StitchOptions, backend: Backend, show_progress: bool) -> StitchResult:
+def _run(scan: Scan, folders: _Folders, options: StitchOptions, backend: Backend,
+         show_progress: bool) -> StitchResult:
     """The run itself, under the scan's lock: every output built in staging, then swapped in."""
     clock = _Clock()
     workers = options.thread_count()
     with FolderSwap([folders.use, folders.out], journal_dir=folders.use.parent) as swap:
         staging_out = swap.staging(folders.out)  # made first: an unwritable output fails before any work
         with clock.step("collect"):
-            collection = _collect(folders, options, swap.staging(folders.use))
+            collection = _collect(scan, options, swap.staging(folders.use))
         notes = list(collection.notes)
         focus_rows = _focus_check(collection, options, clock, notes)
         log.info(f"registering {len(collection.tiles)} tiles ({backend.name} backend)")
@@ -180,19 +183,19 @@ def _run(folders: _Folders, options: StitchOptions, backend: Backend, show_progr
             shape = _write_outputs(staging_out, collection, placement, mosaic, options,
                                    focus_rows=focus_rows, notes=notes, timings=clock.timings)
         swap.commit()
-    for note in notes[len(collection.notes):]:
+    for note in notes:
         log.warning(note)
     collection = replace(collection, use_dir=folders.use)
     return StitchResult(collection, folders.out, placement, shape, backend.name, clock.timings, notes)
 
 
-def _collect(folders: _Folders, options: StitchOptions, staging: Path) -> Collection:
-    from .collect import collect
+def _collect(scan: Scan, options: StitchOptions, staging: Path) -> Collection:
+    from .collect import collect_into
 
-    log.info(f"collecting {folders.scan}")
+    log.info(f"collecting {scan.root}")
     o = options.collect_options()
-    return collect(folders.scan, out=staging, select=o.select, link=o.link, strict=o.strict, grid=o.grid,
-                   overlap=o.overlap, skip=(folders.out, folders.use), focus=o.focus, workers=o.thread_count())
+    return collect_into(staging, scan, select=o.select, link=o.link, strict=o.strict, grid=o.grid,
+                        overlap=o.overlap, focus=o.focus, workers=o.thread_count())
 
 
 def _focus_check(collection: Collection, options: StitchOptions, clock: _Clock, notes: list[str]) -> list[dict]:

@@ -33,7 +33,7 @@ def test_library_errors_name_parameters(copy_scan):
     with pytest.raises(OptionError, match=r"^quality must be an integer from 1 to 100, got 0$") as err:
         stitch(scan, quality=0)
     assert err.value.parameter == "quality"
-    with pytest.raises(OptionError, match=r"^backend must be one of 'builtin', 'fiji', not 'imagej'$"):
+    with pytest.raises(OptionError, match=r"^backend must be 'builtin' or 'fiji', not 'imagej'$"):
         stitch(scan, options=StitchOptions(backend="imagej"))
     with pytest.raises(TypeError):
         stitch(scan, colour="red")  # not an option at all: a programming error, not a user one

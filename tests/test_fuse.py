@@ -274,7 +274,7 @@ def test_fuse_mosaic_from_files_equals_fuse_bands(tmp_path, source):
 def test_reported_shape_is_the_shape_written(tmp_path, offset):
     """Issue 11 item 5: the size reported must be the size of the file written. `Mosaic.shape`
     is what the writer is given and what the command prints; the OME-TIFF read back agrees."""
-    from ofm_tiling.writers import write_ome_tiff
+    from ofm_tiling.pyramid import write_ome_tiff
 
     tiles = [np.full((30, 40, 3), 60 * k + 20, np.uint8) for k in range(3)]
     pos = np.array([[0.0, 0.0], [33.5, 2.5], [10.49, 24.51]]) + offset  # .5 rounds to even
@@ -297,7 +297,7 @@ def test_real_fiji_positions_give_the_size_written(tmp_path):
     import re
     from pathlib import Path
 
-    from ofm_tiling.writers import write_ome_tiff
+    from ofm_tiling.pyramid import write_ome_tiff
 
     folder = Path("/work/shared/reference/real-fiji/normal")
     text = (folder / "fiji-TileConfiguration.registered.txt").read_text()
