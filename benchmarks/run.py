@@ -390,20 +390,18 @@ def task_fuse(a: dict) -> dict:
 
 
 def task_stitch(a: dict) -> dict:
-    """The whole `ofm-tiling stitch` command with default settings (what a user gets)."""
-    from ofm_tiling.cli import main
+    """The whole stitch with default settings: what `ofm-tiling stitch` does (the command adds only its
+    printing), with every output a user gets."""
+    from ofm_tiling import stitch
 
     t0 = time.perf_counter()
-    code = main(["stitch", a["scan"], "--out", a["out"], "--use", a["use"], "--workers", str(a["workers"]), "-q"])
+    r = stitch(a["scan"], out=a["out"], use=a["use"], workers=a["workers"])
     total = time.perf_counter() - t0
-    if code != 0:
-        raise SystemExit(code)
-    report = json.loads((Path(a["out"]) / "stitching-report.json").read_text())
-    extra = report.get("extra", {})
-    mosaic = Path(a["out"]) / "mosaic.ome.tif"
-    return {"timings": extra.get("timings_s", {}), "in_process_s": total, "mosaic_shape": extra.get("mosaic_shape"),
-            "mosaic_bytes": mosaic.stat().st_size, "notes": extra.get("notes", []),
-            "focus": [{k: r.get(k) for k in ("position", "message")} for r in extra.get("focus", [])],
+    report = json.loads(r.report.read_text())
+    focus = report.get("extra", {}).get("focus", [])
+    return {"timings": r.timings, "in_process_s": total, "mosaic_shape": list(r.shape),
+            "mosaic_bytes": r.mosaic.stat().st_size, "notes": r.notes,
+            "focus": [{k: row.get(k) for k in ("position", "message", "measure")} for row in focus],
             "report_keys": sorted(report) if isinstance(report, dict) else None}
 
 

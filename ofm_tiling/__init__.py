@@ -13,10 +13,11 @@ command line starts without loading numpy or Pillow.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,7 +30,8 @@ _EXPORTS = {
     "CollectOptions": "options", "StitchOptions": "options",
     "Placement": "placement", "Link": "placement",
 }
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = ["CollectOptions", "Collection", "Link", "OfmTilingError", "OptionError", "Placement", "Scan",
+           "StitchOptions", "StitchResult", "Tile", "__version__", "collect", "read_scan", "stitch"]
 
 if TYPE_CHECKING:
     from .collect import Collection, Tile, collect
@@ -40,12 +42,7 @@ if TYPE_CHECKING:
     from .stitch import StitchResult, stitch
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ofm_tiling' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 class _Package(types.ModuleType):

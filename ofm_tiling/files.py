@@ -298,6 +298,7 @@ class ScanLock:
 
     def _open(self) -> int:
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # the folder the run is about to write in
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise OfmTilingError(self.path.parent, f"cannot write here: {_problem(exc)}") from None

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 import tifffile
+from conftest import placement_errors, snapshot
 from PIL import Image
 
-from conftest import placement_errors, snapshot
 from ofm_tiling.cli import main
 from ofm_tiling.stitch import stitch
 from ofm_tiling.tileconfig import read_tile_configuration

@@ -18,10 +18,10 @@ from PIL import Image
 from ofm_tiling.cli import main
 from ofm_tiling.errors import OfmTilingError
 from ofm_tiling.pixels import halve_u8
+from ofm_tiling.pyramid import write_ome_tiff
 from ofm_tiling.stitch import stitch
 from ofm_tiling.viewer import find_result, is_current, write_viewer
 from ofm_tiling.viewer.tiles import TILE, pyramid_for, tile_path, write_tiles
-from ofm_tiling.pyramid import write_ome_tiff
 
 PIXEL_UM = 0.5
 # Viewer tiles are the OME-TIFF's JPEG pixels encoded once more (quality 90, 4:4:4): measured 45-60 dB

@@ -12,9 +12,9 @@ images), `ofm_metadata` (OFM JSON, EXIF and data.json), `truth` (ScanTruth, load
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..lazy import lazy_exports
 from .spec import KINDS, LAYOUTS, MISTAGS, PIXEL_TYPES, TILE_FORMATS, ScanSpec
 
 # Imported on first use, so `ofm-tiling --help` (which reads the spec's choices) stays light.
@@ -30,9 +30,4 @@ if TYPE_CHECKING:
     from .truth import PositionTruth, ScanTruth, load_truth
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY, globals())
