@@ -23,9 +23,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compression": ("jpeg", "deflate", "none"),
 }
 QUALITY_RANGE = (1, 100)
-#: JPEG quality of the mosaic's RGB tiles: colour within 38 dB of the exact mosaic at about 1.2x the
-#: size of the former YCbCr tiles (measured in benchmarks/jpeg_colour.py, see BENCHMARKS.md).
-DEFAULT_QUALITY = 80
+#: JPEG quality of the mosaic's RGB tiles: colour within 42 dB of the exact mosaic (quality 80 gave
+#: 38 dB on a whole H&E slide but under 34 dB on dense tissue tiles; benchmarks/jpeg_colour.py).
+DEFAULT_QUALITY = 90
 
 
 def _check_choice(name: str, value: object) -> None:
