@@ -138,6 +138,12 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     """
     if backend not in ("builtin", "fiji"):
         raise OfmTilingError(None, f"--backend must be 'builtin' or 'fiji', not {backend!r}")
+    fiji_backend = None
+    if backend == "fiji":  # found and checked before any work starts
+        from .fiji import FijiBackend
+
+        fiji_backend = FijiBackend(fiji=fiji, layout=fiji_layout)
+        fiji_backend.check()
     workers = workers or os.cpu_count() or 1
     root = Path(scan_dir)
     out_dir = Path(out) if out is not None else root / "stitched"
@@ -166,18 +172,14 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     from .writers import write_ome_tiff
 
     t0 = time.perf_counter()
-    fiji_result = None
-    if backend == "builtin":
+    if fiji_backend is None:
         positions, registration, solution, more = _register_builtin(collection, workers=workers,
                                                                      show_progress=show_progress)
     else:
-        from .fiji import run_fiji
-
-        fiji_result = run_fiji(collection.use_dir, fiji=fiji, layout=fiji_layout, stage_positions=stage,
-                               tile_shape=collection.tile_shape, show_progress=show_progress)
-        positions = fiji_result.positions
+        placement = fiji_backend.place(collection, workers=workers, show_progress=show_progress)
+        positions = placement.positions
         registration, solution = _unregistered(positions)
-        more = list(fiji_result.notes)
+        more = list(placement.notes)
     notes.extend(more)
     timings["registration"] = time.perf_counter() - t0
     positions = np.asarray(positions, dtype=float)
@@ -188,14 +190,12 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     shape = mosaic_shape(positions, collection.tile_shape)
 
     def build(tmp: Path) -> None:
-        if fiji_result is not None:  # Fiji fused the mosaic; only merge its channels back to RGB
-            fused_shape, bands = fiji_result.fused()
-        else:
-            paths = collection.paths
-            fused_shape = shape
-            with progress_bar("fusing", enabled=show_progress) as bar:
-                bands = fuse_bands(lambda i: read_rgb(paths[i]), positions, (h, w), workers=workers,
-                                   progress=bar)
+        # Both backends: the built-in fusion (FijiBackend.own_mosaic is None by default).
+        paths = collection.paths
+        fused_shape = shape
+        with progress_bar("fusing", enabled=show_progress) as bar:
+            bands = fuse_bands(lambda i: read_rgb(paths[i]), positions, (h, w), workers=workers,
+                               progress=bar)
         write_ome_tiff(tmp / MOSAIC, fused_shape, bands, pixel_size_um=collection.pixel_size_um,
                        compression=compression, quality=quality, preview_path=tmp / PREVIEW,
                        workers=workers, name=root.name)
