@@ -182,10 +182,10 @@ function collect(scan) {
     sh = "if command -v \"$0\" >/dev/null 2>&1; then exec \"$0\" \"$@\" 2>&1; fi; "
         + "echo \"Cannot run program \\\"$0\\\": not found\"";
     if (grid != "" && overlap != "")
-        return exec("sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid, "--overlap", overlap);
+        return exec("/bin/sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid, "--overlap", overlap);
     if (grid != "")
-        return exec("sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid);
+        return exec("/bin/sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid);
     if (overlap != "")
-        return exec("sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--overlap", overlap);
-    return exec("sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select);
+        return exec("/bin/sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--overlap", overlap);
+    return exec("/bin/sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select);
 }

@@ -161,6 +161,7 @@ def fake_fiji(root: Path, standin_classes: Path | None = None) -> Path:
         # Grid/Collection stitching STAND-IN (not Fiji).
         printf '%s\\n' "$@" > "$(dirname "$0")/launcher-args.txt"
         while [ "$1" != "-macro" ]; do shift; done
+        cp "$2" "$(dirname "$0")/last-macro.ijm"
         exec "{java}" -Djava.awt.headless=true -Dofm.standin.drop="$OFM_STANDIN_DROP" \\
             -Dofm.standin.replay="$OFM_STANDIN_REPLAY" \\
             -cp "{IJ_JAR}:{standin_classes}" ofmtiling.standin.RunMacro "$2"
