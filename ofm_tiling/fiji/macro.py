@@ -109,7 +109,10 @@ def stitching_macro(options: str, *, done_when: str | os.PathLike | None) -> str
 
 
 def _grid_options(names: Sequence[str], stage: np.ndarray, tile_shape: tuple[int, int]) -> tuple[dict, str]:
-    spec = infer_grid(stage, tile_shape)
+    # From the positions as TileConfiguration.txt holds them (3 decimals), so that `fiji-macro`,
+    # which reads that file, prints the very macro the backend runs.
+    written = np.array([[float(f"{v:.3f}") for v in row] for row in np.asarray(stage, float).reshape(-1, 2)])
+    spec = infer_grid(written.reshape(-1, 2), tile_shape)
     pattern, first = tile_name_pattern(names)
     opts = dict(layout="grid", grid=spec, file_pattern=pattern, first_index=first)
     return opts, f"Fiji grid layout: {spec.describe()}"
