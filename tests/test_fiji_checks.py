@@ -116,7 +116,8 @@ def test_islands_and_a_glass_column_land_where_the_stage_model_puts_them():
 def test_a_false_match_fiji_kept_is_dropped_and_its_tile_corrected():
     names, cells, truth, stage, pairs = _grid_scan(5, 4)
     registered, log = _made_up_fiji(truth, [list(range(len(names)))], pairs, set(), names)
-    # Tile 19 (bottom right corner) matched its neighbours 250 px off (beyond what the stage allows): Fiji followed the false match.
+    # Tile 19 (bottom right corner) matched its neighbours 250 px off, beyond what the stage allows:
+    # Fiji followed the false match.
     bad = 19
     log = [FijiPair(p.a, p.b, tuple(np.add(p.shift, (250.0, 0.0) if p.b == names[bad] else (0.0, 0.0))),
                     p.correlation) for p in log]
