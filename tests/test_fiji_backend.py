@@ -90,6 +90,7 @@ def test_stitch_with_fiji_backend_corrects_the_recorded_glass_run(standin_classe
     report = json.loads((scan / "stitched" / "stitching-report.json").read_text())
     note = next(n for n in report["extra"]["notes"] if "corrected 3 tile(s)" in n)
     assert all(name in note for name in ("02.jpeg", "05.jpeg", "06.jpeg"))
+    assert not any("log was not available" in n for n in report["extra"]["notes"])  # links read from Fiji's log
 
 
 @linux_only

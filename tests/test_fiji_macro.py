@@ -5,14 +5,12 @@ other `ofm-tiling` command the macro runs is the real one of this source tree.
 """
 from __future__ import annotations
 
-import os
-import stat
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fiji_standin.harness import POSITIONS_LABELS, REPO, fake_fiji, ij_options, ij_value, read_back
+from fiji_standin.harness import POSITIONS_LABELS, REPO, command_on_path, fake_fiji, ij_options, ij_value, read_back
 
 from ofm_tiling.errors import OfmTilingError
 from ofm_tiling.fiji.macro import install_macro, macro_path, macro_string, plan_job
@@ -85,16 +83,8 @@ echo "Collected 4 tiles (800x600) into $use"
 
 @pytest.fixture
 def stub_on_path(tmp_path, monkeypatch) -> Path:
-    """A stub `ofm-tiling` first on PATH (Java's exec follows the process's current PATH)."""
-    if sys.platform.startswith("win"):
-        pytest.skip("the stub command is a POSIX shell script")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    stub = bin_dir / "ofm-tiling"
-    stub.write_text(STUB.format(repo=REPO, python=sys.executable))
-    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return bin_dir
+    """The stub `ofm-tiling` first on PATH; returns its folder (where it records its arguments)."""
+    return command_on_path(tmp_path / "bin", STUB.format(repo=REPO, python=sys.executable), monkeypatch).parent
 
 
 def _stub_args(bin_dir: Path) -> list[str]:

@@ -122,16 +122,13 @@ def _launcher_command(launcher: Path, macro_file: Path, heap_mb: int | None) -> 
     return cmd + ["-macro", str(macro_file)]
 
 
-def _follow(proc: subprocess.Popen, lines: list[str], deadline: float | None,
-            progress: Callable[[str], None]) -> bool:
+def _follow(proc: subprocess.Popen, lines: list[str], deadline: float | None) -> bool:
     """Read Fiji's output into `lines` until the macro says it is over; True if it did."""
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
         lines.append(line)
-        log.debug("fiji: %s", line)
-        if line.strip():
-            progress(line.strip())
+        log.debug("fiji: %s", line)  # Fiji's console is long (hundreds of optimiser lines)
         if line.startswith(DONE) or line.startswith(FAILED):
             return True  # the macro is over; some headless Fiji versions then fail to exit
         if deadline is not None and time.monotonic() > deadline:
@@ -139,8 +136,7 @@ def _follow(proc: subprocess.Popen, lines: list[str], deadline: float | None,
     return False
 
 
-def _run_launcher(root: Path, macro: str, heap_mb: int | None, work: Path, timeout: float | None,
-                  progress: Callable[[str], None]) -> str:
+def _run_launcher(root: Path, macro: str, heap_mb: int | None, work: Path, timeout: float | None) -> str:
     """Run `macro` with the Fiji launcher as a headless subprocess; returns its console output."""
     launcher = fiji_launcher(root)
     if launcher is None:
@@ -157,7 +153,7 @@ def _run_launcher(root: Path, macro: str, heap_mb: int | None, work: Path, timeo
     deadline = None if timeout is None else time.monotonic() + timeout
     lines: list[str] = []
     try:
-        finished = _follow(proc, lines, deadline, progress)
+        finished = _follow(proc, lines, deadline)
         try:
             proc.wait(timeout=60 if finished else None if deadline is None else max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -259,7 +255,7 @@ def _execute(root: Path, macro: str, *, method: str, heap_mb: int | None, work: 
             fallback = f"{why}; running the Fiji launcher instead"
             log.warning(fallback)
     step(f"running Fiji headless: {fiji_launcher(root) or root}")
-    return _run_launcher(root, macro, heap_mb, work, timeout, step), "launcher", fallback
+    return _run_launcher(root, macro, heap_mb, work, timeout), "launcher", fallback
 
 
 def _read_outcome(registered: Path, output: str, names: Sequence[str]) -> dict[str, tuple[float, float]]:
@@ -303,7 +299,7 @@ def run_fiji(use_dir: str | os.PathLike, *, names: Sequence[str], stage_position
     timeout : float, optional
         Seconds to wait for a launcher run.
     progress : callable, optional
-        Called with a short message at each step (and each Fiji console line).
+        Called with a short message at each step (Fiji's console lines are logged at DEBUG level).
 
     Raises
     ------

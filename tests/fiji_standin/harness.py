@@ -201,15 +201,20 @@ def real_truth(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return truth, np.array([r["blank_glass"] == "True" for r in rows])
 
 
+def command_on_path(folder: Path, script: str, monkeypatch) -> Path:
+    """An `ofm-tiling` shell script in `folder`, first on PATH (Java's exec follows the current PATH)."""
+    if sys.platform.startswith("win"):
+        pytest.skip("the ofm-tiling stand-in command is a POSIX shell script")
+    folder.mkdir()
+    command = folder / "ofm-tiling"
+    command.write_text(script)
+    command.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return command
+
+
 @pytest.fixture
 def ofm_tiling_on_path(tmp_path, monkeypatch) -> Path:
-    """An `ofm-tiling` command first on PATH that runs this source tree (Java's exec follows PATH)."""
-    if sys.platform.startswith("win"):
-        pytest.skip("the command wrapper is a POSIX shell script")
-    bin_dir = tmp_path / "ofm-bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "ofm-tiling"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH=\"{REPO}\" exec \"{sys.executable}\" -m ofm_tiling.cli \"$@\"\n")
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return wrapper
+    """An `ofm-tiling` command first on PATH that runs this source tree."""
+    script = f"#!/bin/sh\nPYTHONPATH=\"{REPO}\" exec \"{sys.executable}\" -m ofm_tiling.cli \"$@\"\n"
+    return command_on_path(tmp_path / "ofm-bin", script, monkeypatch)
