@@ -24,7 +24,7 @@ from ofm_tiling.fiji.macro import macro_path
 from ofm_tiling.files import MARKER
 from ofm_tiling.tileconfig import read_tile_configuration
 
-pytest_plugins = ("fiji_standin.harness",)  # fixtures: standin_classes, ofm_tiling_on_path
+pytest_plugins = ("fiji_standin.fixtures",)  # fixtures: standin_classes, ofm_tiling_on_path
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake launcher is a shell script")
 

@@ -17,7 +17,7 @@ from ofm_tiling.fiji.options import CHECKED_FILE, REGISTRATION_ONLY, grid_collec
 from ofm_tiling.files import MARKER
 from ofm_tiling.tileconfig import read_tile_configuration
 
-pytest_plugins = ("fiji_standin.harness",)  # fixtures: standin_classes
+pytest_plugins = ("fiji_standin.fixtures",)  # fixtures: standin_classes
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake launcher is a shell script")

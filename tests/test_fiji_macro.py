@@ -18,7 +18,7 @@ from ofm_tiling.fiji.options import CHECKED_FILE, REGISTRATION_ONLY, grid_collec
 from ofm_tiling.files import MARKER
 from ofm_tiling.tileconfig import read_tile_configuration
 
-pytest_plugins = ("fiji_standin.harness",)  # fixtures: ij, run_macro, standin_classes, ofm_tiling_on_path
+pytest_plugins = ("fiji_standin.fixtures",)  # fixtures: ij, run_macro, standin_classes, ofm_tiling_on_path
 
 
 @pytest.mark.parametrize("text", ["plain", 'it\'s "quoted" \\ back', "sc\u00e4n \u4e2d \U0001F52C", "", "\u00e9"])

@@ -20,7 +20,7 @@ from ofm_tiling.fiji.options import (
     tile_name_pattern,
 )
 
-pytest_plugins = ("fiji_standin.harness",)  # fixtures: ij (ImageJ 1 in this process)
+pytest_plugins = ("fiji_standin.fixtures",)  # fixtures: ij (ImageJ 1 in this process)
 
 
 # Option strings

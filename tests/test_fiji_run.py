@@ -13,7 +13,7 @@ from ofm_tiling.errors import OfmTilingError
 from ofm_tiling.fiji.options import REGISTRATION_ONLY
 from ofm_tiling.fiji.run import run_fiji
 
-pytest_plugins = ("fiji_standin.harness",)  # fixtures: standin_classes
+pytest_plugins = ("fiji_standin.fixtures",)  # fixtures: standin_classes
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake launcher is a shell script")
 
