@@ -2,10 +2,13 @@
 //
 //  1. runs `ofm-tiling collect SCAN`, which puts the image to use of every position into SCAN/use/
 //     with TileConfiguration.txt (the ofm-tiling Python package must be installed);
-//  2. runs Plugins > Stitching > Grid/Collection stitching on SCAN/use/ with the positions from
-//     TileConfiguration.txt: the same options as `ofm-tiling stitch --backend fiji`;
-//  3. saves the fused image as SCAN/stitched-fiji/mosaic.tif (one 8-bit channel per colour) and
-//     mosaic.jpg, and says which tiles Fiji could not place.
+//  2. runs Plugins > Stitching > Grid/Collection stitching on SCAN/use/ for registration only, with
+//     the option string `ofm-tiling fiji-macro SCAN --options` prints (what `stitch --backend fiji` uses);
+//  3. has `ofm-tiling fiji-macro SCAN --check LOG` check Fiji's registration against the stage
+//     positions (the same checks as `stitch --backend fiji`: glass tiles and stray groups that Fiji
+//     puts at (0, 0) are placed by the corrected stage model) and write use/TileConfiguration.checked.txt;
+//  4. lets Fiji fuse the checked positions and saves SCAN/stitched-fiji/mosaic.tif (one 8-bit channel
+//     per colour) and mosaic.jpg. That folder is marked as ofm-tiling's own, so collecting skips it.
 //
 // Use: open it in Fiji's script editor (File > Open..., then Run), or install it with
 // `ofm-tiling install-fiji-macro` and pick Plugins > OpenFlexure > Collect and Stitch.
@@ -15,8 +18,8 @@
 //   use=[folder]  out=[folder]  select=tag|sharpest  grid=COLSxROWS  overlap=FRACTION
 // The ofm-tiling command path you pick is remembered in Fiji's preferences (ofm_tiling.command).
 //
-// Keep the option string below in step with ofm_tiling/fiji.py: tests/test_fiji.py checks that both
-// read back to the same values with ImageJ's own option parser.
+// Every Fiji rule (option strings, checks) lives in the ofm-tiling command; this macro only asks it.
+// When a command fails, its error text is shown.
 
 var args = "";
 var interactive = false;
@@ -24,6 +27,8 @@ var headless = false;
 var command = "ofm-tiling";
 var use = "";
 var registered = "";
+var scanArg = "";
+var useArg = "";
 
 args = getArgument();
 interactive = (args == "");
@@ -54,7 +59,7 @@ if (collectFirst != "no") {
         before = File.lastModified(layoutFile);
     print("ofm-tiling: collecting " + scan + " (" + command + " collect)");
     result = collect(scan);
-    if (startsWith(result, "Cannot run program") && interactive && !headless) {
+    if (indexOf(result, "Cannot run program") >= 0 && interactive && !headless) {
         // Fiji started from a desktop icon often lacks the PATH of the Python environment.
         showMessage("ofm-tiling not found", "Fiji could not run the command '" + command + "'.\n \n"
             + "Click OK, then locate the ofm-tiling program of the Python environment where\n"
@@ -66,7 +71,7 @@ if (collectFirst != "no") {
             result = collect(scan);
         }
     }
-    if (startsWith(result, "Cannot run program"))
+    if (indexOf(result, "Cannot run program") >= 0)
         fail("the command '" + command + "' was not found, so the scan was not collected.\n"
             + "Install ofm-tiling (pip install ofm-tiling), or give the full path of the command: "
             + "command=[/path/to/venv/bin/ofm-tiling] (or pick it when asked, from the Plugins menu).\n"
@@ -83,30 +88,39 @@ if (!File.exists(layoutFile))
 if (indexOf(use, "[") >= 0 || indexOf(use, "]") >= 0)
     fail("Fiji's stitching cannot read a folder whose path contains [ or ]: rename " + use);
 
-// ---- 2. stitch (absent flags mean false; absent keys reuse the previous run's values)
+// ---- 2. register (registration only: Fiji's positions are checked before anything is fused)
+scanArg = substring(scan, 0, lengthOf(scan) - 1);
+useArg = substring(use, 0, lengthOf(use) - 1);
+outArg = substring(out, 0, lengthOf(out) - 1);
+options = ask("--options");
 registered = use + "TileConfiguration.registered.txt";
 if (File.exists(registered))
     removed = File.delete(registered);
-directory = substring(use, 0, lengthOf(use) - 1);
-options = "type=[Positions from file] order=[Defined by TileConfiguration]"
-    + " directory=[" + directory + "] layout_file=[TileConfiguration.txt]"
-    + " fusion_method=[Linear Blending] regression_threshold=0.30"
-    + " max/avg_displacement_threshold=2.50 absolute_displacement_threshold=3.50"
-    + " compute_overlap subpixel_accuracy"
-    + " computation_parameters=[Save computation time (but use more RAM)]"
-    + " image_output=[Fuse and display]";
 setBatchMode(true);
-imagesBefore = nImages;
-print("ofm-tiling: stitching " + use);
+logBefore = lengthOf(getInfo("log"));
+print("ofm-tiling: registering " + use + " with Fiji");
 run("Grid/Collection stitching", options);
+if (!File.exists(registered))
+    fail("Grid/Collection stitching wrote no " + registered + " (see the Log window)");
+
+// ---- 3. check Fiji's registration (ofm-tiling's rules, the same as stitch --backend fiji)
+logFile = getDirectory("temp") + "ofm-tiling-fiji-log.txt";
+logText = getInfo("log");
+File.saveString(substring(logText, minOf(logBefore, lengthOf(logText))), logFile);
+checked = exec(command, "fiji-macro", scanArg, "--use", useArg, "--check", logFile, "--out", outArg,
+    "--errors-to-stdout");
+removed = File.delete(logFile);
+if (indexOf(checked, "ofm-tiling: checked positions in") < 0)
+    fail("'" + command + " fiji-macro --check' failed:\n" + checked);
+print(String.trim(checked));
+
+// ---- 4. fuse the checked positions and save
+fuseOptions = ask("--fuse-options");
+imagesBefore = nImages;
+print("ofm-tiling: fusing the checked positions");
+run("Grid/Collection stitching", fuseOptions);
 if (nImages == imagesBefore)
     fail("Grid/Collection stitching produced no fused image (see the Log window)");
-reportDropped(use);
-
-// ---- 3. save
-File.makeDirectory(out);
-if (!File.isDirectory(out))
-    fail("cannot create the output folder " + out);
 saveAs("Tiff", out + "mosaic.tif");
 print("ofm-tiling: saved " + out + "mosaic.tif (" + getWidth() + " x " + getHeight() + " px)");
 if (getWidth() <= 65500 && getHeight() <= 65500) {
@@ -115,7 +129,7 @@ if (getWidth() <= 65500 && getHeight() <= 65500) {
 } else {
     print("ofm-tiling: no mosaic.jpg: JPEG cannot hold more than 65500 px a side");
 }
-print("ofm-tiling: registered positions in " + registered);
+print("ofm-tiling: Fiji's registration in " + registered + ", checked in " + use + "TileConfiguration.checked.txt");
 print("ofm-tiling: done");
 if (interactive && !headless)
     setBatchMode("exit and display");
@@ -139,77 +153,39 @@ function fail(message) {
     exit("ofm-tiling: " + message);
 }
 
+function ask(what) {
+    // An option string from the ofm-tiling command (the one home of Fiji's options).
+    answer = String.trim(exec(command, "fiji-macro", scanArg, "--use", useArg, what, "--errors-to-stdout"));
+    if (!startsWith(answer, "type=["))
+        fail("'" + command + " fiji-macro " + what + "' failed:\n" + answer);
+    return answer;
+}
+
 function collect(scan) {
-    // exec() passes each argument as is (paths may hold spaces); it returns the output, or
-    // Java's "Cannot run program ..." when the command is not found.
+    // exec() passes each argument as is (paths may hold spaces) and returns what the command printed
+    // on stdout; through sh, its error messages (stderr) are returned too. Java's "Cannot run
+    // program ..." (or the same words from sh) means the command was not found.
     select = setting("select", "tag");
     grid = setting("grid", "");
     overlap = setting("overlap", "");
     useArg = substring(use, 0, lengthOf(use) - 1);
     scan = substring(scan, 0, lengthOf(scan) - 1);
+    if (startsWith(getInfo("os.name"), "Windows")) {
+        if (grid != "" && overlap != "")
+            return exec(command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid, "--overlap", overlap);
+        if (grid != "")
+            return exec(command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid);
+        if (overlap != "")
+            return exec(command, "collect", scan, "--use", useArg, "--select", select, "--overlap", overlap);
+        return exec(command, "collect", scan, "--use", useArg, "--select", select);
+    }
+    sh = "if command -v \"$0\" >/dev/null 2>&1; then exec \"$0\" \"$@\" 2>&1; fi; "
+        + "echo \"Cannot run program \\\"$0\\\": not found\"";
     if (grid != "" && overlap != "")
-        return exec(command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid, "--overlap", overlap);
+        return exec("/bin/sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid, "--overlap", overlap);
     if (grid != "")
-        return exec(command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid);
+        return exec("/bin/sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--grid", grid);
     if (overlap != "")
-        return exec(command, "collect", scan, "--use", useArg, "--select", select, "--overlap", overlap);
-    return exec(command, "collect", scan, "--use", useArg, "--select", select);
-}
-
-function reportDropped(use) {
-    // Fiji writes tiles that lost every link at (0.0, 0.0); they are missing from the fused image.
-    if (!File.exists(registered)) {
-        print("ofm-tiling: warning: Fiji wrote no " + registered);
-        return;
-    }
-    stageText = File.openAsString(use + "TileConfiguration.txt");
-    lines = split(File.openAsString(registered), "\n");
-    dropped = "";
-    count = 0;
-    for (i = 0; i < lines.length; i++) {
-        name = tileName(lines[i]);
-        if (name != "") {
-            xy = coordinates(lines[i]);
-            if (xy[0] == 0 && xy[1] == 0) {
-                stage = stagePosition(stageText, name);
-                if (abs(stage[0]) + abs(stage[1]) > 1) {
-                    dropped = dropped + " " + name;
-                    count++;
-                }
-            }
-        }
-    }
-    if (count > 0)
-        print("ofm-tiling: warning: Fiji could not place " + count + " tile(s), missing from the mosaic:" + dropped);
-}
-
-function coordinates(line) {
-    inner = substring(line, lastIndexOf(line, "(") + 1, lastIndexOf(line, ")"));
-    parts = split(inner, ",");
-    return newArray(parseFloat(String.trim(parts[0])), parseFloat(String.trim(parts[1])));
-}
-
-function tileName(line) {
-    // The name of a "name; ; (x, y)" line, or "" for comments and headers. (The macro
-    // language evaluates both sides of && and ||, hence the nested tests.)
-    line = String.trim(line);
-    if (startsWith(line, "#"))
-        return "";
-    if (indexOf(line, ";") <= 0)
-        return "";
-    if (indexOf(line, "(") < 0)
-        return "";
-    return String.trim(substring(line, 0, indexOf(line, ";")));
-}
-
-function stagePosition(text, name) {
-    // (Returning an array from inside a loop returns nothing in the macro language.)
-    lines = split(text, "\n");
-    xy = newArray(0, 0);
-    for (i = 0; i < lines.length; i++) {
-        found = tileName(lines[i]);  // a string function must be assigned before comparing
-        if (found == name)
-            xy = coordinates(lines[i]);
-    }
-    return xy;
+        return exec("/bin/sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select, "--overlap", overlap);
+    return exec("/bin/sh", "-c", sh, command, "collect", scan, "--use", useArg, "--select", select);
 }

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fiji-layout", choices=CHOICES["fiji_layout"], default="positions",
                    help="Fiji: positions from TileConfiguration.txt (default) or a regular grid with the {ii} pattern")
     p.add_argument("--keep-fiji-mosaic", action="store_true",
-                   help="Fiji: keep Fiji's own fused image (refused when a placement needed correcting)")
+                   help="Fiji: write Fiji's own fused image instead of fusing the checked positions "
+                        "(refused when a tile Fiji placed needed correcting)")
     p.add_argument("--compression", choices=CHOICES["compression"], default="jpeg",
                    help="OME-TIFF tile compression (default jpeg)")
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
@@ -77,10 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="if another run is working on this scan, wait for it instead of stopping")
 
-    p = sub.add_parser("fiji-macro", help="print the ImageJ macro the Fiji backend runs for a scan")
-    _add_collect_options(p)
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default SCAN/stitched)")
-    p.add_argument("--fiji-layout", choices=("positions", "grid"), default="positions")
+    p = sub.add_parser("fiji-macro", help="print the ImageJ macro the Fiji backend runs for a scan (registration "
+                                          "only), or what the collect-and-stitch macro asks for")
+    p.add_argument("scan", type=Path, help="the scan folder")
+    p.add_argument("--use", type=Path, default=None, metavar="DIR", help="its collected tiles (default SCAN/use)")
+    p.add_argument("--fiji-layout", choices=("positions", "grid"), default="positions",
+                   help="Fiji's layout, as for stitch --backend fiji (grid: read from the collected tiles)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--options", dest="output", action="store_const", const="options",
+                      help="print only the Grid/Collection option string")
+    what.add_argument("--fuse-options", dest="output", action="store_const", const="fuse-options",
+                      help="print the option string that fuses the checked positions (TileConfiguration.checked.txt)")
+    what.add_argument("--check", type=Path, default=None, metavar="LOG",
+                      help="check the registration Fiji wrote into the tile folder (LOG: Fiji's log of that run, "
+                           "or '-' for none), write TileConfiguration.checked.txt and make the output folder")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="with --check: the macro's output folder to make (default SCAN/stitched-fiji)")
+    p.add_argument("--errors-to-stdout", action="store_true",
+                   help="print errors on stdout (Fiji's exec() shows only stdout)")
 
     p = sub.add_parser("install-fiji-macro", help="install the collect-and-stitch script into Fiji's Plugins menu")
     p.add_argument("--fiji", type=Path, default=None, metavar="PATH", help="Fiji.app folder")
@@ -148,10 +163,20 @@ def _run_stitch(args: argparse.Namespace) -> int:
 
 
 def _run_fiji_macro(args: argparse.Namespace) -> int:
-    from .fiji import macro_for_scan
+    from .fiji import fiji_macro
 
-    print(macro_for_scan(args.scan, use=args.use, out=args.out, layout=args.fiji_layout, select=args.select,
-                         grid=args.grid, overlap=args.overlap))
+    if args.out is not None and args.check is None:
+        raise OfmTilingError(args.out, "--out is for --check only")
+    output = "check" if args.check is not None else args.output or "macro"
+    log_file = None if args.check is None or str(args.check) == "-" else args.check
+    try:
+        print(fiji_macro(args.scan, use=args.use, layout=args.fiji_layout, output=output, log=log_file,
+                         out=args.out))
+    except OfmTilingError as exc:
+        if not args.errors_to_stdout:
+            raise
+        print(f"ofm-tiling: error: {exc}")
+        return 2
     return 0
 
 

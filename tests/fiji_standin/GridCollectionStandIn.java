@@ -36,11 +36,19 @@ import java.util.Set;
  *
  * <p>It records the macro options it receives (to the file named by the system property
  * {@code ofm.standin.record}, and on stdout), then imitates the plugin's observable outputs:
- * {@code TileConfiguration.registered.txt} (every stage position shifted by (0.5, -0.25) and
- * written with Java's double formatting; tiles named in {@code ofm.standin.drop} written at
- * (0.0, 0.0), as Fiji writes tiles it dropped), and the fused image: a 3-channel composite titled
- * "Fused" for "Fuse and display", or 8-bit TIFFs img_t1_z1_c1..c3 without extension for "Write
- * to disk".
+ * <ul>
+ * <li>its log and {@code TileConfiguration.registered.txt}. With the system property
+ * {@code ofm.standin.replay} naming a folder of a RECORDED real Fiji run
+ * ({@code fiji-console.log}, {@code fiji-TileConfiguration.registered.txt}, from
+ * ../shared/reference/real-fiji/), it replays that run: the recorded log lines are logged and the
+ * recorded registered file is written (only meaningful for the scan that was recorded).
+ * Otherwise it makes them up: every stage position shifted by (0.5, -0.25), written with Java's
+ * double formatting; tiles named in {@code ofm.standin.drop} written at (0.0, 0.0), as Fiji writes
+ * tiles no kept link reaches; and one log line in Fiji's format per pair of overlapping tiles,
+ * with R = 0.95 (0.0 for a pair with a dropped tile);</li>
+ * <li>the fused image: a 3-channel composite titled "Fused" for "Fuse and display", or 8-bit
+ * TIFFs img_t1_z1_c1..c3 without extension for "Write to disk".</li>
+ * </ul>
  */
 public class GridCollectionStandIn implements PlugIn {
 
@@ -74,8 +82,13 @@ public class GridCollectionStandIn implements PlugIn {
             String listFile = type.startsWith("Grid")
                 ? Macro.getValue(options, "output_textfile_name", "TileConfiguration.txt")
                 : Macro.getValue(options, "layout_file", "TileConfiguration.txt");
-            if (hasFlag(options, "compute_overlap"))
-                writeRegistered(new File(dir), listFile, type.startsWith("Grid") ? gridNames(options) : null);
+            if (hasFlag(options, "compute_overlap")) {
+                String replay = System.getProperty("ofm.standin.replay", "");
+                if (!replay.isEmpty())
+                    replay(new File(replay), new File(dir), listFile);
+                else
+                    writeRegistered(new File(dir), listFile, type.startsWith("Grid") ? gridNames(options) : null);
+            }
             String fusion = Macro.getValue(options, "fusion_method", "");
             if (fusion.startsWith("Do not fuse"))
                 return;
@@ -117,6 +130,44 @@ public class GridCollectionStandIn implements PlugIn {
         return Arrays.asList(names);
     }
 
+    static String registeredName(String listFile) {
+        return listFile.endsWith(".txt")
+            ? listFile.substring(0, listFile.length() - 4) + ".registered.txt" : listFile + ".registered.txt";
+    }
+
+    /** Replay a recorded real run: its log lines, and its registered file written unchanged. */
+    static void replay(File recorded, File dir, String listFile) throws IOException {
+        IJ.log("(STAND-IN replaying the recorded real Fiji run in " + recorded + ")");
+        for (String line : Files.readAllLines(new File(recorded, "fiji-console.log").toPath(), StandardCharsets.UTF_8))
+            IJ.log(line);
+        Files.copy(new File(recorded, "fiji-TileConfiguration.registered.txt").toPath(),
+                   new File(dir, registeredName(listFile)).toPath(), java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+    }
+
+    /** Tile (width, height) from the first tile, or null when it cannot be opened. */
+    static int[] tileSize(File dir, String name) {
+        ImagePlus imp = IJ.openImage(new File(dir, name).getPath());
+        return imp == null ? null : new int[] {imp.getWidth(), imp.getHeight()};
+    }
+
+    /** One line per pair of overlapping tiles, in the format of Fiji's log. */
+    static void logPairs(File dir, List<String> names, Map<String, double[]> placed, Set<String> drop) {
+        IJ.log("Stitching internal version: 1.2 (STAND-IN, not Fiji)");
+        int[] size = names.isEmpty() ? null : tileSize(dir, names.get(0));
+        for (int a = 0; a < names.size(); a++) {
+            for (int b = a + 1; b < names.size(); b++) {
+                double[] p = placed.get(names.get(a)), q = placed.get(names.get(b));
+                double dx = q[0] - p[0], dy = q[1] - p[1];
+                boolean overlap = size == null || (Math.abs(dx) < size[0] && Math.abs(dy) < size[1]);
+                if (!overlap)
+                    continue;
+                boolean dropped = drop.contains(names.get(a)) || drop.contains(names.get(b));
+                IJ.log(names.get(a) + "[1] <- " + names.get(b) + "[1]: (" + (float) dx + ", " + (float) dy
+                       + ") correlation (R)=" + (dropped ? "0.0" : "0.95") + " (1 ms)");
+            }
+        }
+    }
+
     static void writeRegistered(File dir, String listFile, List<String> only) throws IOException {
         Map<String, double[]> stage = new LinkedHashMap<String, double[]>();
         for (String line : Files.readAllLines(new File(dir, "TileConfiguration.txt").toPath(), StandardCharsets.UTF_8)) {
@@ -130,15 +181,17 @@ public class GridCollectionStandIn implements PlugIn {
         }
         Set<String> drop = new HashSet<String>(Arrays.asList(System.getProperty("ofm.standin.drop", "").split(",")));
         StringBuilder out = new StringBuilder("# Define the number of dimensions we are working on\ndim = 2\n\n# Define the image coordinates\n");
-        for (String name : only != null ? only : stage.keySet()) {
+        List<String> names = new java.util.ArrayList<String>(only != null ? only : stage.keySet());
+        Map<String, double[]> shifted = new LinkedHashMap<String, double[]>();
+        for (String name : names) {
             double[] p = stage.containsKey(name) ? stage.get(name) : new double[] {0, 0};
+            shifted.put(name, new double[] {p[0] + 0.5, p[1] - 0.25});
             double x = drop.contains(name) ? 0.0 : p[0] + 0.5;
             double y = drop.contains(name) ? 0.0 : p[1] - 0.25;
             out.append(name).append("; ; (").append(x).append(", ").append(y).append(")\n");
         }
-        String registered = listFile.endsWith(".txt")
-            ? listFile.substring(0, listFile.length() - 4) + ".registered.txt" : listFile + ".registered.txt";
-        Files.write(new File(dir, registered).toPath(), out.toString().getBytes(StandardCharsets.UTF_8));
+        logPairs(dir, names, shifted, drop);
+        Files.write(new File(dir, registeredName(listFile)).toPath(), out.toString().getBytes(StandardCharsets.UTF_8));
     }
 
     static ByteProcessor channel(int c) {
