@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from .batchplan import BatchPlan, available_memory, estimate_scan, plan_batch, threads_per_task
+from .batchplan import BatchPlan, estimate_scan, plan_batch, threads_per_task
 from .errors import OfmTilingError
+from .memory import available_memory
 
 __all__ = ["ScanOutcome", "stitch_one", "check_batch", "run_local", "run_dask", "format_summary",
            "format_progress", "plan_local", "DEFAULT_OUT_NAME"]

@@ -20,7 +20,7 @@ from .layout import stage_to_pixels
 from .scan import read_scan
 
 __all__ = ["ScanEstimate", "BatchPlan", "peak_bytes", "band_columns", "estimate_scan", "plan_batch",
-           "threads_per_task", "available_memory", "MEMORY_HEADROOM"]
+           "threads_per_task", "MEMORY_HEADROOM"]
 
 #: Python, numpy, codecs and the bookkeeping of a small scan (165 MB measured for 4x4 small tiles).
 BASE_BYTES = 150_000_000
@@ -203,18 +203,3 @@ def plan_batch(peaks: Sequence[int], *, cores: int, available_bytes: int, jobs: 
     n = caps[limited_by]
     return BatchPlan(jobs=n, threads=threads_per_task(cores, n), budget_bytes=budget, largest_bytes=largest,
                      limited_by=limited_by)
-
-
-def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int:
-    """Memory available to new processes now (MemAvailable), in bytes; physical memory elsewhere."""
-    try:
-        with open(meminfo, encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30  # unknown: assume a small machine

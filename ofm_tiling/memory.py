@@ -1,4 +1,4 @@
-"""Giving freed memory back to the operating system while a long stream runs.
+"""Memory and the operating system: how much is available now, and giving freed memory back.
 
 Streaming fusion frees a row of decoded tiles (hundreds of MB for 8 MP tiles) every few bands,
 while other threads keep allocating bands, halves and cells of other sizes. glibc's allocator
@@ -9,10 +9,11 @@ returns the free pages; elsewhere (macOS, Windows, musl) this is a no-op.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from functools import lru_cache
 
-__all__ = ["release_free_memory"]
+__all__ = ["available_memory", "release_free_memory"]
 
 
 @lru_cache(maxsize=1)
@@ -32,3 +33,18 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def available_memory(meminfo: str | os.PathLike = "/proc/meminfo") -> int:
+    """Memory available to new processes now (MemAvailable), in bytes; physical memory elsewhere."""
+    try:
+        with open(meminfo, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30  # unknown: assume a small machine

@@ -16,7 +16,6 @@ from ofm_tiling.batch import ScanOutcome, _receive, format_progress, format_summ
 from ofm_tiling.batchplan import (
     BASE_BYTES,
     MEMORY_HEADROOM,
-    available_memory,
     band_columns,
     estimate_scan,
     peak_bytes,
@@ -24,6 +23,7 @@ from ofm_tiling.batchplan import (
 )
 from ofm_tiling.cli import main
 from ofm_tiling.errors import OfmTilingError
+from ofm_tiling.memory import available_memory
 from ofm_tiling.tileconfig import read_tile_configuration
 
 GB = 10**9

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OfmTilingError
+from ..memory import available_memory
 from .locate import fiji_launcher, find_fiji, missing_pyimagej_jars
 from .macro import DONE, FAILED, FijiJob, plan_job
 from .results import FijiPair, merge_channels, read_log_pairs, read_registered
@@ -89,23 +90,9 @@ class FijiRun:
         self.fused_dir = None
 
 
-def default_heap_mb(fraction: float = 0.75) -> int | None:
-    """Java heap for Fiji: `fraction` of the memory available now (MemAvailable), in MB."""
-    available = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    return max(512, int(available * fraction / 2**20))
+def default_heap_mb(fraction: float = 0.75) -> int:
+    """Java heap for Fiji: `fraction` of the memory available now, in MB."""
+    return max(512, int(available_memory() * fraction / 2**20))
 
 
 class _FallBack(Exception):
