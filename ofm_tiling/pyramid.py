@@ -31,10 +31,10 @@ from .files import atomic_file
 from .options import CHOICES, QUALITY_RANGE
 from .preview import preview_shape, preview_width, write_preview_from_rows
 
-__all__ = ["COMPRESSIONS", "Codec", "LevelPlan", "PixelFormat", "PyramidWriter", "check_options", "plan_levels", "write_ome_tiff"]
+__all__ = ["COMPRESSIONS", "Codec", "LevelPlan", "PixelFormat", "PyramidWriter", "check_options", "plan_levels",
+           "write_ome_tiff"]
 
-#: Tile compressions by name ("zlib" is also accepted for "deflate").
-COMPRESSIONS = CHOICES["compression"]
+COMPRESSIONS = CHOICES["compression"]  # tile compressions by name ("zlib" is accepted for "deflate")
 
 
 @dataclass(frozen=True)
