@@ -25,6 +25,7 @@ from pathlib import Path
 from .batchplan import BatchPlan, estimate_scan, plan_batch, threads_per_task
 from .errors import OfmTilingError
 from .memory import available_memory
+from .options import StitchOptions
 
 __all__ = ["ScanOutcome", "stitch_one", "check_batch", "run_local", "run_dask", "format_summary",
            "format_progress", "plan_local", "DEFAULT_OUT_NAME"]
@@ -126,7 +127,7 @@ def _dask_threads() -> int | None:
 
 
 def check_batch(scans: Sequence[str | os.PathLike], options: dict, out_name: str) -> list[str]:
-    """Check a batch before anything runs: scan folders exist, are distinct, options are sane.
+    """Check a batch before anything runs: scan folders exist, are distinct, options can work.
 
     Returns the scan folders as strings. Raises `OfmTilingError` naming the first problem.
     """
@@ -134,12 +135,7 @@ def check_batch(scans: Sequence[str | os.PathLike], options: dict, out_name: str
         raise OfmTilingError(None, "no scans given")
     if not out_name or Path(out_name).name != out_name or out_name in (".", ".."):
         raise OfmTilingError(None, f"out_name must be a plain folder name, not {out_name!r}")
-    quality = options.get("quality", 90)
-    if not 1 <= int(quality) <= 100:
-        raise OfmTilingError(None, f"quality must be 1-100, not {quality}")
-    workers = options.get("workers")
-    if workers is not None and workers < 1:
-        raise OfmTilingError(None, f"workers must be at least 1, not {workers}")
+    StitchOptions(**options).check()
     seen: dict[str, str] = {}
     for scan in scans:
         path = Path(scan)

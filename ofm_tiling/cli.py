@@ -23,24 +23,43 @@ def _grid(text: str) -> tuple[int, int]:
     return cols, rows
 
 
-def _add_collect_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scan", type=Path, help="smart-stack scan folder (holds data.json and one folder per position)")
+def _add_selection_options(p: argparse.ArgumentParser) -> None:
+    """Which image of each position, and how hard to be on damaged input (collect, stitch, batch)."""
     p.add_argument("--select", choices=CHOICES["select"], default="tag",
                    help="image per position: the one tagged central_image (default; sharpest when tags are "
                         "missing or contradictory) or always the sharpest by focus measure")
+    p.add_argument("--focus", choices=CHOICES["focus"], default="central",
+                   help="use the chosen plane (default) or an all-in-focus image fused from each 9-plane stack")
+    p.add_argument("--strict", action="store_true", help="fail on an incomplete scan or a damaged image")
+    p.add_argument("--workers", type=int, default=None, help="threads to use (default: all cores)")
+
+
+def _add_collect_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scan", type=Path, help="smart-stack scan folder (holds data.json and one folder per position)")
+    _add_selection_options(p)
     p.add_argument("--use", type=Path, default=None, metavar="DIR",
                    help="folder for the collected tiles (default SCAN/use)")
     p.add_argument("--link", action="store_true",
                    help="hard-link tiles instead of copying (a program saving over a tile in place would "
                         "then change the original image)")
-    p.add_argument("--strict", action="store_true", help="fail on an incomplete scan or a damaged image")
     p.add_argument("--grid", type=_grid, metavar="COLSxROWS",
                    help="lay tiles out on this grid (row by row) instead of by stage position")
     p.add_argument("--overlap", type=float, metavar="F", help="overlap fraction for --grid, e.g. 0.3")
-    p.add_argument("--focus", choices=CHOICES["focus"], default="central",
-                   help="use the chosen plane (default) or an all-in-focus image fused from each 9-plane stack")
-    p.add_argument("--workers", type=int, default=None, help="threads to use (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """The backend and what the mosaic is written as (stitch, batch)."""
+    p.add_argument("--backend", choices=CHOICES["backend"], default="builtin",
+                   help="built-in registration and fusion (default), or Fiji's Grid/Collection stitching")
+    p.add_argument("--fiji", type=Path, default=None, metavar="PATH",
+                   help="Fiji.app folder for --backend fiji (default $FIJI_HOME or the usual places)")
+    p.add_argument("--compression", choices=CHOICES["compression"], default="jpeg",
+                   help="OME-TIFF tile compression (default jpeg)")
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
+                   help=f"JPEG quality of the OME-TIFF tiles, 1-100 (default {DEFAULT_QUALITY})")
+    p.add_argument("--no-focus-check", dest="check_focus", action="store_false",
+                   help="skip the focus verdict of every stack in the report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,21 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_collect_options(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default SCAN/stitched)")
-    p.add_argument("--backend", choices=CHOICES["backend"], default="builtin",
-                   help="built-in registration and fusion (default), or Fiji's Grid/Collection stitching")
-    p.add_argument("--fiji", type=Path, default=None, metavar="PATH",
-                   help="Fiji.app folder for --backend fiji (default $FIJI_HOME or the usual places)")
+    _add_output_options(p)
     p.add_argument("--fiji-layout", choices=CHOICES["fiji_layout"], default="positions",
                    help="Fiji: positions from TileConfiguration.txt (default) or a regular grid with the {ii} pattern")
     p.add_argument("--keep-fiji-mosaic", action="store_true",
                    help="Fiji: write Fiji's own fused image instead of fusing the checked positions "
                         "(refused when a tile Fiji placed needed correcting)")
-    p.add_argument("--compression", choices=CHOICES["compression"], default="jpeg",
-                   help="OME-TIFF tile compression (default jpeg)")
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
-                   help=f"JPEG quality of the OME-TIFF tiles, 1-100 (default {DEFAULT_QUALITY})")
-    p.add_argument("--no-focus-check", dest="check_focus", action="store_false",
-                   help="skip the focus curve of every stack in the report")
     p.add_argument("--viewer", action="store_true",
                    help="also write OUT/viewer: a web page showing the mosaic at full resolution (opens offline)")
     p.add_argument("--wait", action="store_true",
@@ -82,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "only), or what the collect-and-stitch macro asks for")
     p.add_argument("scan", type=Path, help="the scan folder")
     p.add_argument("--use", type=Path, default=None, metavar="DIR", help="its collected tiles (default SCAN/use)")
-    p.add_argument("--fiji-layout", choices=("positions", "grid"), default="positions",
+    p.add_argument("--fiji-layout", choices=CHOICES["fiji_layout"], default="positions",
                    help="Fiji's layout, as for stitch --backend fiji (grid: read from the collected tiles)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--options", dest="output", action="store_const", const="options",
@@ -252,20 +262,6 @@ def _run_view(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"collect": _run_collect, "stitch": _run_stitch, "fiji-macro": _run_fiji_macro,
-            "install-fiji-macro": _run_install_fiji_macro, "example": _run_example, "viewer": _run_viewer,
-            "view": _run_view}
-
-
-#: Library parameters whose command-line flag is not simply ``--`` + the name with dashes.
-_FLAGS = {"check_focus": "--no-focus-check", "out": "--out", "use": "--use"}
-
-
-def _flag(parameter: str) -> str:
-    """The command-line flag that sets a library parameter."""
-    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
-
-
 def _add_batch_parser(sub) -> None:
     def _positive(text: str) -> int:
         try:
@@ -286,18 +282,8 @@ def _add_batch_parser(sub) -> None:
                    help="here: at most N scans at once (default: as many as memory and cores allow)")
     p.add_argument("--out-name", default="stitched", metavar="NAME",
                    help="output folder inside every scan (default: stitched)")
-    p.add_argument("--backend", choices=("builtin", "fiji"), default="builtin",
-                   help="built-in (default) or Fiji (then one scan at a time here)")
-    p.add_argument("--fiji", type=Path, default=None, metavar="PATH", help="Fiji.app folder for --backend fiji")
-    p.add_argument("--select", choices=("tag", "sharpest"), default="tag", help="image per position (as for stitch)")
-    p.add_argument("--focus", choices=("central", "edf"), default="central", help="as for stitch")
-    p.add_argument("--strict", action="store_true", help="fail a scan that is incomplete or has a damaged image")
-    p.add_argument("--compression", choices=("jpeg", "deflate", "none"), default="jpeg")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the OME-TIFF tiles (default 90)")
-    p.add_argument("--workers", type=_positive, default=None,
-                   help="threads per scan (default: the cores shared among the scans running at once)")
-    p.add_argument("--no-focus-check", dest="check_focus", action="store_false",
-                   help="skip the focus curve of every stack in the reports")
+    _add_selection_options(p)
+    _add_output_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
 
 
@@ -311,10 +297,10 @@ def _run_batch(args: argparse.Namespace) -> int:
                    check_focus=args.check_focus)
     try:
         scans = check_batch(args.scans, options, args.out_name)
-    except OfmTilingError as exc:  # name the flags, not the library's parameters
-        parameter, _, rest = exc.problem.partition(" ")
-        flag = {"out_name": "--out-name", "quality": "--quality", "workers": "--workers"}.get(parameter, parameter)
-        raise OfmTilingError(exc.path, f"{flag} {rest}".strip()) from None
+    except OfmTilingError as exc:  # name the flag, not the library's parameter
+        if exc.problem.startswith("out_name "):
+            raise OfmTilingError(exc.path, "--out-name " + exc.problem.removeprefix("out_name ")) from None
+        raise
 
     def done(outcome, finished, total):
         if not args.quiet or not outcome.ok:
@@ -341,8 +327,17 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"collect": _run_collect, "stitch": _run_stitch, "fiji-macro": _run_fiji_macro,
-            "install-fiji-macro": _run_install_fiji_macro, "example": _run_example,
-            "batch": _run_batch}
+            "install-fiji-macro": _run_install_fiji_macro, "example": _run_example, "viewer": _run_viewer,
+            "view": _run_view, "batch": _run_batch}
+
+
+#: Library parameters whose command-line flag is not simply ``--`` + the name with dashes.
+_FLAGS = {"check_focus": "--no-focus-check", "out": "--out", "use": "--use"}
+
+
+def _flag(parameter: str) -> str:
+    """The command-line flag that sets a library parameter."""
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
 def main(argv: list[str] | None = None) -> int:

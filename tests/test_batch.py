@@ -176,7 +176,7 @@ def test_bad_arguments_exit_2(three_scans, tmp_path, capsys):
     assert main(["batch", str(scans[0]), "--jobs", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert "missing: scan folder not found" in err and "given twice" in err
-    assert "--quality must be 1-100" in err and "--out-name must be a plain folder name" in err
+    assert "--quality: must be an integer from 1 to 100" in err and "--out-name must be a plain folder name" in err
     assert "--jobs is for stitching here" in err
     assert not (scans[0] / "stitched").exists()  # nothing ran
 

@@ -71,7 +71,7 @@ def test_stitch_with_fiji_backend_checks_and_fuses_the_builtin_way(standin_class
 def test_stitch_with_fiji_backend_corrects_the_recorded_glass_run(standin_classes, scans, tmp_path, monkeypatch):
     recorded = real_fiji("blank-glass")
     fake = fake_fiji(tmp_path / "Fiji.app", standin_classes)
-    source, _ = scans("fiji-glass-replay", tile_size=(640, 480), blank_tiles=(2, 5, 6))
+    source, _ = scans("fiji-glass-replay", tile_shape=(480, 640), blank_tiles=(2, 5, 6))
     scan = tmp_path / "scan"
     shutil.copytree(source, scan)
     monkeypatch.setenv("OFM_STANDIN_REPLAY", str(recorded))
@@ -151,7 +151,7 @@ def _real_stitch(scan: Path) -> None:
 @pytest.mark.fiji
 @real_fiji_app
 def test_real_fiji_glass_tiles_are_placed_by_the_stage_model(copy_scan):
-    scan, truth = copy_scan("real-fiji-glass", tile_size=(640, 480), blank_tiles=(2, 5, 6))
+    scan, truth = copy_scan("real-fiji-glass", tile_shape=(480, 640), blank_tiles=(2, 5, 6))
     _real_stitch(scan)
     error, stage_error, textured = _checked_errors(scan, truth)
     assert error.max() <= stage_error.max() + 1.0 and np.median(error[textured]) <= 0.5, error.round(1)
@@ -161,7 +161,7 @@ def test_real_fiji_glass_tiles_are_placed_by_the_stage_model(copy_scan):
 @real_fiji_app
 def test_real_fiji_islands_are_placed_by_the_stage_model(copy_scan):
     # A blank column cuts the scan in two groups of linked tiles.
-    scan, truth = copy_scan("real-fiji-islands", grid=(5, 3), tile_size=(640, 480), blank_tiles=(1, 6, 11))
+    scan, truth = copy_scan("real-fiji-islands", grid=(5, 3), tile_shape=(480, 640), blank_tiles=(1, 6, 11))
     _real_stitch(scan)
     error, stage_error, textured = _checked_errors(scan, truth)
     assert error.max() <= stage_error.max() + 1.0 and np.median(error[textured]) <= 0.5, error.round(1)
@@ -172,7 +172,7 @@ def test_real_fiji_islands_are_placed_by_the_stage_model(copy_scan):
 def test_real_fiji_macro_twice_then_stitch(copy_scan, ofm_tiling_on_path):
     from ofm_tiling.fiji.locate import fiji_launcher, find_fiji
 
-    scan, _ = copy_scan("real-fiji-macro", grid=(3, 2), tile_size=(640, 480))
+    scan, _ = copy_scan("real-fiji-macro", grid=(3, 2), tile_shape=(480, 640))
     launcher = fiji_launcher(find_fiji(os.environ["OFM_TILING_FIJI"]))
     for _ in range(2):
         run = subprocess.run([str(launcher), "--headless", "--console", "-macro", str(macro_path()), f"scan=[{scan}]"],
@@ -185,7 +185,7 @@ def test_real_fiji_macro_twice_then_stitch(copy_scan, ofm_tiling_on_path):
 @pytest.mark.fiji
 @real_fiji_app
 def test_real_fiji_8_megapixel_tiles(copy_scan):
-    scan, truth = copy_scan("real-fiji-8mp", grid=(2, 2), tile_size=(3280, 2464), source="procedural")
+    scan, truth = copy_scan("real-fiji-8mp", grid=(2, 2), tile_shape=(2464, 3280), source="procedural")
     _real_stitch(scan)
     error, _, _ = _checked_errors(scan, truth)
     assert np.median(error) <= 0.5 and error.max() <= 2.0, error.round(2)
@@ -194,7 +194,7 @@ def test_real_fiji_8_megapixel_tiles(copy_scan):
 @pytest.mark.fiji
 @real_fiji_app
 def test_real_fiji_stitches_a_small_scan(copy_scan):
-    scan, truth = copy_scan("real-fiji-small", grid=(3, 2), tile_size=(520, 400))
+    scan, truth = copy_scan("real-fiji-small", grid=(3, 2), tile_shape=(400, 520))
     _real_stitch(scan)
     error, _, _ = _checked_errors(scan, truth)
     assert error.max() < 2.0, error.round(2)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,8 @@ from ..pixels import halve_u8
 TILE = 512
 #: Folder of the tiles inside the viewer folder: TILES/<level>/<column>_<row>.jpg
 TILES = "tiles"
-#: JPEG quality of the viewer tiles, stored without chroma subsampling: fine stained detail keeps its
-#: colour (measured on H&E-like mosaics: 4:2:0 at quality 85 loses 4-5 dB for 25% smaller tiles).
+#: JPEG quality of the viewer tiles that are re-encoded (edge tiles, levels the file lacks), stored as
+#: RGB like the mosaic's tiles: fine stained detail keeps its colour; whole stored tiles are copied.
 QUALITY = 90
 
 
@@ -167,16 +167,49 @@ def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: 
         for k, shape in enumerate(pyramid.levels):
             page = stored.get(shape)
             read = _LevelReader(tif, page).region if page is not None else _halved(previous, pyramid, k)
-            for column, row, pixels in _level_tiles(read, pyramid, k):
+            raw = _raw_tiles(tif, page, pyramid)
+            for column, row, pixels in _level_tiles(read, pyramid, k, skip=raw.keys()):
                 saver.save(pixels, tile_path(root, k, column, row), int(quality))
+            for (column, row), data in raw.items():
+                saver.copy(data(), tile_path(root, k, column, row))
             previous = read
         saver.finish(0)
     return pyramid
 
 
+def _raw_tiles(tif: tifffile.TiffFile, page: tifffile.TiffPage | None,
+               pyramid: Pyramid) -> dict[tuple[int, int], Callable[[], bytes]]:
+    """Stored JPEG tiles that are viewer tiles as they are: whole 512 px tiles of a JPEG level.
+
+    ofm-tiling's OME-TIFF stores each tile as a complete RGB JPEG, so copying it gives the viewer
+    the file's exact pixels without decoding or re-encoding; edge tiles (padded in the file) are
+    cropped and re-encoded instead. Returns (column, row) -> a reader of the tile's bytes.
+    """
+    if (page is None or not page.is_tiled or page.compression != 7 or page.jpegtables is not None
+            or (page.tilelength, page.tilewidth) != (pyramid.tile, pyramid.tile)):
+        return {}
+    h, w = int(page.imagelength), int(page.imagewidth)
+    columns = math.ceil(w / pyramid.tile)
+
+    def reader(index: int) -> Callable[[], bytes]:
+        def read() -> bytes:
+            with tif.filehandle.lock:
+                tif.filehandle.seek(page.dataoffsets[index])
+                return tif.filehandle.read(page.databytecounts[index])
+        return read
+
+    return {(c, r): reader(r * columns + c) for r in range(h // pyramid.tile) for c in range(w // pyramid.tile)}
+
+
+def _copy(data: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def _save(pixels: np.ndarray, path: Path, quality: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, quality=quality, subsampling=0, optimize=True)  # 4:4:4, see QUALITY
+    # RGB JPEG like the mosaic's own tiles (no YCbCr round trip: 52 dB against 36 dB re-encoded as YCbCr).
+    Image.fromarray(pixels).save(path, quality=quality, keep_rgb=True)
 
 
 class _Saver:
@@ -190,6 +223,10 @@ class _Saver:
 
     def save(self, pixels: np.ndarray, path: Path, quality: int) -> None:
         self.pending.append(self.pool.submit(_save, pixels, path, quality))
+        self.finish(self.depth)
+
+    def copy(self, data: bytes, path: Path) -> None:
+        self.pending.append(self.pool.submit(_copy, data, path))
         self.finish(self.depth)
 
     def finish(self, keep: int) -> None:
@@ -216,11 +253,14 @@ def _halved(source: Region | None, pyramid: Pyramid, level: int) -> Region:
     return region
 
 
-def _level_tiles(read: Region, pyramid: Pyramid, level: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(column, row, pixels) of every tile of `level`, row by row, edge tiles cropped to the image."""
+def _level_tiles(read: Region, pyramid: Pyramid, level: int,
+                 skip: Collection[tuple[int, int]] = ()) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(column, row, pixels) of every tile of `level` but those in `skip`, row by row, edge tiles
+    cropped to the image."""
     h, w = pyramid.levels[level]
     rows, columns = pyramid.grid(level)
     t = pyramid.tile
     for row in range(rows):
         for column in range(columns):
-            yield column, row, read(row * t, min(h, (row + 1) * t), column * t, min(w, (column + 1) * t))
+            if (column, row) not in skip:
+                yield column, row, read(row * t, min(h, (row + 1) * t), column * t, min(w, (column + 1) * t))
