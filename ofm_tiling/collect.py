@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +91,23 @@ class Collection:
 
 
 # --- consistency and layout ------------------------------------------------------------------
+
+def _drop_foreign(scan: Scan, selections: list[Selection]) -> tuple[Scan, list[Selection], list[str]]:
+    """Leave out folders whose images are not part of the scan, with a note each: another program's
+    output saved inside the scan (e.g. Fiji's mosaic), recognised by images of another size than most
+    positions' that carry no OFM metadata. A scan image of the wrong size stays an error."""
+    sizes = [(s.image.width, s.image.height) for s in selections]
+    if not sizes:
+        return scan, selections, []
+    common, count = Counter(sizes).most_common(1)[0]
+    if count * 2 <= len(sizes) or count == len(sizes):
+        return scan, selections, []  # no clear scan size, or nothing foreign: _check_sizes decides
+    keep = [k for k, size in enumerate(sizes)
+            if size == common or any(im.layout != "none" for im in scan.positions[k].images)]
+    notes = [f"{scan.positions[k].folder}: ignored (its images are {sizes[k][0]}x{sizes[k][1]}, the scan's are "
+             f"{common[0]}x{common[1]}: not part of this scan)" for k in range(len(sizes)) if k not in keep]
+    return replace(scan, positions=[scan.positions[k] for k in keep]), [selections[k] for k in keep], notes
+
 
 def _check_sizes(selections: list[Selection]) -> tuple[int, int]:
     first = selections[0].image
@@ -311,7 +329,8 @@ def collect_into(folder: str | os.PathLike, scan: str | os.PathLike | Scan, *, s
     if not isinstance(scan, Scan):
         scan = read_scan(scan, skip=(folder, *skip))
     selections = [select_image(p, mode=select) for p in scan.positions]
-    notes = _scan_notes(scan, selections, strict=strict)
+    scan, selections, foreign = _drop_foreign(scan, selections)
+    notes = foreign + _scan_notes(scan, selections, strict=strict)
     plan = plan_tiles(scan, selections, grid=grid, overlap=overlap)
     write_use(folder, scan, plan, focus=focus, link=link, workers=workers)
     return Collection(scan.root, folder, plan.tiles, plan.tile_shape, plan.positions, plan.pixel_size_um,

@@ -347,3 +347,18 @@ def test_collect_into_writes_a_staging_folder_and_swaps_nothing(copy_scan, tmp_p
     check_collection(scan, truth, result)
     with pytest.raises(OfmTilingError, match="focus must be 'central' or 'edf'"):
         collect_into(staging, scan, focus="stacked")
+
+
+def test_a_folder_of_foreign_images_inside_the_scan_is_ignored_with_a_note(copy_scan, capsys):
+    """Issue 11: Fiji's macro saved SCAN/stitched-fiji/mosaic.jpg; collecting then failed on its size."""
+    scan, truth = copy_scan("foreign", grid=(3, 2))
+    foreign = scan / "stitched-fiji"
+    foreign.mkdir()
+    Image.new("RGB", (2006, 1176), (200, 150, 200)).save(foreign / "mosaic.jpg", quality=90)
+    assert main(["collect", str(scan)]) == 0
+    err = capsys.readouterr().err
+    assert f"{foreign}: ignored (its images are 2006x1176, the scan's are 320x240: not part of this scan)" in err
+    result_names = sorted(p.name for p in (scan / "use").glob("*.jpeg"))
+    assert len(result_names) == 6  # every position, nothing from the foreign folder
+    central = truth.central_paths(scan)
+    assert sorted(p.read_bytes() for p in (scan / "use").glob("*.jpeg")) == sorted(p.read_bytes() for p in central)
