@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OfmTilingError
 from .files import MARKER, ScanLock, check_output_dir, write_text_atomic
 from .options import StitchOptions
 from .outputs import LAYOUT_PNG, PREVIEW
@@ -39,7 +40,9 @@ __all__ = ["Refresh", "ScanFollower", "refresh", "watch"]
 log = logging.getLogger("ofm_tiling")
 
 _EOI = b"\xff\xd9"
+# Status words of a data.json (the OFM schema is not public, see ofm-scans.md): over, or still under way.
 _FINISHED = ("complete", "completed", "finished", "failed", "aborted", "error")
+_RUNNING = ("running", "in progress", "in_progress", "started", "scanning", "pending")
 # Preview width (px): the mosaic is decoded reduced (1/2, 1/4, 1/8) to about this size.
 _PREVIEW_WIDTH = 2000
 
@@ -89,13 +92,18 @@ class ScanFollower:
             self.sizes[folder] = sizes
             if not sizes and (folder / "data.json").exists():
                 found = read_position(folder)
-                if isinstance(found, FailedPosition):
+                if isinstance(found, FailedPosition) and not _running(found.data):
                     over = over or f"{folder.name}: {found.report}"
             elif stable and _finished_position(folder, sizes):
                 found = read_position(folder)
                 if isinstance(found, Position) and found.images:
                     self.complete[entry.name] = found
         return [self.complete[k] for k in sorted(self.complete)], over
+
+
+def _running(data: Any) -> bool:
+    """A data.json that says its position or scan is still under way (then no images is no failure yet)."""
+    return isinstance(data, dict) and str(data.get("status", "")).lower() in _RUNNING
 
 
 def _jpeg_sizes(folder: Path) -> tuple[tuple[str, int], ...]:
@@ -234,8 +242,6 @@ def watch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     out_dir = Path(out) if out is not None else root / "stitched"
     use_dir = Path(use) if use is not None else root / "use"
     if not root.is_dir():
-        from .errors import OfmTilingError
-
         raise OfmTilingError(root, "scan folder not found")
     check_output_dir(out_dir, parameter="out")
     _follow(root, out_dir, use_dir, options, poll, stop or threading.Event(), on_refresh)
@@ -254,14 +260,9 @@ def _follow(root: Path, out: Path, use: Path, options: StitchOptions, poll: floa
         while True:
             positions, over = follower.poll()
             if len(positions) > seen:
-                with ScanLock(use.parent, wait=True):
-                    _prepare(out)
-                    cache.begin()
-                    done = refresh(root, positions, out, cache, options)
                 seen = len(positions)
-                log.info(f"{done.tiles} positions placed ({done.accepted}/{done.links} links) "
-                         f"in {done.seconds:.1f} s")
-                if on_refresh is not None:
+                done = _refresh_locked(root, positions, out, use, cache, options)
+                if done is not None and on_refresh is not None:
                     on_refresh(done)
             if over:
                 log.info(f"scan over ({over}): stitching")
@@ -270,6 +271,21 @@ def _follow(root: Path, out: Path, use: Path, options: StitchOptions, poll: floa
                 return
     except KeyboardInterrupt:
         log.info("interrupted: stitching what is there")
+
+
+def _refresh_locked(root: Path, positions: list[Position], out: Path, use: Path, cache: Any,
+                    options: StitchOptions) -> Refresh | None:
+    """`refresh` under the scan's lock; a problem is a warning (the final stitch reports it in full)."""
+    try:
+        with ScanLock(use.parent, wait=True):
+            _prepare(out)
+            cache.begin()
+            done = refresh(root, positions, out, cache, options)
+    except OfmTilingError as exc:
+        log.warning(f"preview not refreshed: {exc}")
+        return None
+    log.info(f"{done.tiles} positions placed ({done.accepted}/{done.links} links) in {done.seconds:.1f} s")
+    return done
 
 
 def _prepare(out: Path) -> None:

@@ -152,3 +152,11 @@ def test_watch_command(scans, tmp_path, capsys):
 def test_scan_status_from_data_json(tmp_path, status):
     (tmp_path / "data.json").write_text(json.dumps({"status": status}))
     assert status in ScanFollower(tmp_path).poll()[1]
+
+
+def test_a_position_still_under_way_is_no_failure(tmp_path):
+    (tmp_path / "0_0").mkdir()
+    (tmp_path / "0_0" / "data.json").write_text(json.dumps({"status": "running"}))
+    assert ScanFollower(tmp_path).poll() == ([], None)
+    (tmp_path / "0_0" / "data.json").write_text(json.dumps({"status": "failed", "error": "stage stuck"}))
+    assert "stage stuck" in ScanFollower(tmp_path).poll()[1]
