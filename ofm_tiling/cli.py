@@ -317,43 +317,20 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 
 def _add_watch_parser(sub) -> None:
-    def _seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError("must be more than 0")
-        return value
-
     p = sub.add_parser("watch", help="follow a scan in progress: refresh OUT/preview.jpg and OUT/layout.png as "
                                      "positions complete, then stitch when the scan ends (or on Ctrl-C)")
     _add_collect_options(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default SCAN/stitched)")
-    p.add_argument("--poll", type=_seconds, default=2.0, metavar="S",
-                   help="seconds between looks at the scan folder (default 2)")
-    p.add_argument("--compression", choices=CHOICES["compression"], default="jpeg",
-                   help="OME-TIFF tile compression of the final mosaic (default jpeg)")
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
-                   help=f"JPEG quality of the OME-TIFF tiles, 1-100 (default {DEFAULT_QUALITY})")
-    p.add_argument("--no-focus-check", dest="check_focus", action="store_false",
-                   help="skip the focus curve of every stack in the final report")
+    p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between looks (default 2)")
+    p.add_argument("--no-focus-check", dest="check_focus", action="store_false", help="as for stitch")
     p.add_argument("--viewer", action="store_true", help="also write OUT/viewer at the end")
 
 
 def _run_watch(args: argparse.Namespace) -> int:
     from .watch import watch
 
-    options = StitchOptions(**vars(_collect_options(args)), compression=args.compression, quality=args.quality,
-                            check_focus=args.check_focus, viewer=args.viewer, wait=True)
-
-    def refreshed(r) -> None:
-        if not args.quiet:
-            print(f"{r.tiles} positions: {r.accepted}/{r.links} links accepted, preview refreshed in "
-                  f"{r.seconds:.1f} s", file=sys.stderr, flush=True)
-
-    r = watch(args.scan, out=args.out, use=args.use, options=options, poll=args.poll, on_refresh=refreshed,
-              show_progress=not args.quiet)
+    options = StitchOptions(**vars(_collect_options(args)), check_focus=args.check_focus, viewer=args.viewer, wait=True)
+    r = watch(args.scan, out=args.out, use=args.use, options=options, poll=args.poll, show_progress=not args.quiet)
     if not args.quiet:
         print(f"Stitched {len(r.collection.tiles)} tiles into a {r.shape[1]}x{r.shape[0]} px mosaic: {r.out_dir}")
     return 0

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OfmTilingError
+from .errors import OfmTilingError, OptionError
 from .files import MARKER, ScanLock, check_output_dir, write_text_atomic
 from .options import StitchOptions
 from .outputs import LAYOUT_PNG, PREVIEW
@@ -236,8 +236,8 @@ def watch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
 
     options = replace(options or StitchOptions(), **keywords)
     options.check()
-    if poll <= 0:
-        raise ValueError("poll must be positive")
+    if not poll > 0:
+        raise OptionError("poll", "must be more than 0 seconds")
     root = Path(scan_dir)
     out_dir = Path(out) if out is not None else root / "stitched"
     use_dir = Path(use) if use is not None else root / "use"
@@ -284,7 +284,8 @@ def _refresh_locked(root: Path, positions: list[Position], out: Path, use: Path,
     except OfmTilingError as exc:
         log.warning(f"preview not refreshed: {exc}")
         return None
-    log.info(f"{done.tiles} positions placed ({done.accepted}/{done.links} links) in {done.seconds:.1f} s")
+    log.info(f"{done.tiles} positions placed ({done.accepted}/{done.links} links accepted); preview and layout "
+             f"refreshed in {done.seconds:.1f} s")
     return done
 
 
