@@ -16,6 +16,7 @@ from .progress import progress_bar
 
 if TYPE_CHECKING:
     from .collect import Collection
+    from .paircache import PairCache
 
 __all__ = ["Backend", "BuiltinBackend", "Mosaic"]
 
@@ -46,6 +47,8 @@ class BuiltinBackend:
     """Built-in registration (`ofm_tiling.register`) and global solve (`ofm_tiling.solve`)."""
 
     name = "builtin"
+    #: Pairwise results of earlier runs (`ofm_tiling.paircache`), set by `stitch`; saved after registering.
+    pair_cache: PairCache | None = None
 
     def check(self) -> None:
         return None
@@ -59,7 +62,9 @@ class BuiltinBackend:
             return Placement.from_stage(stage, note="only one tile: nothing to register")
         with progress_bar("registering", enabled=show_progress) as bar:
             registration = register(JpegTiles(collection.paths), stage, tile_shape=collection.tile_shape,
-                                    workers=workers, progress=bar)
+                                    workers=workers, progress=bar, cache=self.pair_cache)
+        if self.pair_cache is not None:
+            self.pair_cache.save()
         solution = solve(stage, registration.links)
         notes = []
         if not any(link.accepted for link in registration.links):

@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_example_arguments(p)
     _add_viewer_parsers(sub)
     _add_batch_parser(sub)
+    _add_watch_parser(sub)
     return parser
 
 
@@ -326,9 +327,29 @@ def _run_batch(args: argparse.Namespace) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
+def _add_watch_parser(sub) -> None:
+    p = sub.add_parser("watch", help="follow a scan in progress: refresh OUT/preview.jpg and OUT/layout.png as "
+                                     "positions complete, then stitch when the scan ends (or on Ctrl-C)")
+    _add_collect_options(p)
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default SCAN/stitched)")
+    p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between looks (default 2)")
+    p.add_argument("--no-focus-check", dest="check_focus", action="store_false", help="as for stitch")
+    p.add_argument("--viewer", action="store_true", help="also write OUT/viewer at the end")
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    from .watch import watch
+
+    options = StitchOptions(**vars(_collect_options(args)), check_focus=args.check_focus, viewer=args.viewer, wait=True)
+    r = watch(args.scan, out=args.out, use=args.use, options=options, poll=args.poll, show_progress=not args.quiet)
+    if not args.quiet:
+        print(f"Stitched {len(r.collection.tiles)} tiles into a {r.shape[1]}x{r.shape[0]} px mosaic: {r.out_dir}")
+    return 0
+
+
 COMMANDS = {"collect": _run_collect, "stitch": _run_stitch, "fiji-macro": _run_fiji_macro,
             "install-fiji-macro": _run_install_fiji_macro, "example": _run_example, "viewer": _run_viewer,
-            "view": _run_view, "batch": _run_batch}
+            "view": _run_view, "batch": _run_batch, "watch": _run_watch}
 
 
 #: Library parameters whose command-line flag is not simply ``--`` + the name with dashes.

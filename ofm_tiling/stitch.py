@@ -172,6 +172,7 @@ def _run(scan: Scan, folders: _Folders, options: StitchOptions, backend: Backend
         notes = list(collection.notes)
         focus_rows = _focus_check(collection, options, clock, notes)
         log.info(f"registering {len(collection.tiles)} tiles ({backend.name} backend)")
+        _carry_pair_cache(backend, folders.out, staging_out)
         with clock.step("registration"):
             placement = backend.place(collection, workers=workers, show_progress=show_progress)
         placement = placement.shifted(-placement.positions.min(axis=0))
@@ -187,6 +188,16 @@ def _run(scan: Scan, folders: _Folders, options: StitchOptions, backend: Backend
         log.warning(note)
     collection = replace(collection, use_dir=folders.use)
     return StitchResult(collection, folders.out, placement, shape, backend.name, clock.timings, notes)
+
+
+def _carry_pair_cache(backend: Backend, out: Path, staging_out: Path) -> None:
+    """Give a backend that caches pairwise results the previous result's cache, to be saved in staging."""
+    from .backend import BuiltinBackend
+
+    if isinstance(backend, BuiltinBackend):
+        from .paircache import PAIR_CACHE, PairCache
+
+        backend.pair_cache = PairCache(out / PAIR_CACHE, staging_out / PAIR_CACHE)
 
 
 def _collect(scan: Scan, options: StitchOptions, staging: Path) -> Collection:

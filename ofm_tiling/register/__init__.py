@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,8 +38,11 @@ from .accept import Acceptance, NullDistribution, judge
 from .correlate import bandpass
 from .measure import MatchSettings, PairMeasurement, measure_pair
 from .pairs import ScanPlan, as_positions, candidate_pairs, plan_scan
-from .stream import measure_scan
+from .stream import ScanMeasurements, measure_scan
 from .tiles import ArrayTiles, JpegTiles, TileImages
+
+if TYPE_CHECKING:
+    from ..paircache import PairCache
 
 __all__ = [
     "TileImages", "JpegTiles", "ArrayTiles", "Link", "Registration", "MatchSettings", "PairMeasurement",
@@ -116,6 +119,7 @@ def register(
     workers: int = 2,
     progress: Any = None,
     pairs: Sequence[tuple[int, int]] | None = None,
+    cache: PairCache | None = None,
 ) -> Registration:
     """Measure the shift between every pair of overlapping tiles.
 
@@ -163,6 +167,10 @@ def register(
         ``progress(n_done, n_total)`` or an object with ``update(n)``, advanced per tile decode.
     pairs : sequence of (int, int), optional
         Pairs to register instead of :func:`candidate_pairs`.
+    cache : PairCache, optional
+        Pairwise results measured before (:mod:`ofm_tiling.paircache`): those found are not measured
+        again (nor their tiles decoded when nothing else needs them), and every result is stored
+        in it. Acceptance always runs on the whole scan, so the result is the same with or without.
 
     Returns
     -------
@@ -178,7 +186,7 @@ def register(
         return Registration([], float(min_correlation), np.zeros(0), float(max_deviation or 0.0))
     settings = MatchSettings(plan.tile_shape, plan.scale, filter_sigma, highpass_size, n_peaks,
                              refine_patch, refine_patches)
-    measured = measure_scan(tiles, plan, settings, workers=workers, progress=progress)
+    measured = _measure(tiles, plan, settings, cache, workers=workers, progress=progress)
     null = NullDistribution.from_samples(measured.null)
     verdict = judge(measured.pairs, plan.predicted, null, tile_shape=plan.tile_shape, scale=plan.scale,
                     radius=plan.radius, min_correlation=min_correlation, null_quantile=null_quantile,
@@ -186,6 +194,17 @@ def register(
     return Registration(_links(plan, measured.pairs, verdict), verdict.threshold, null.correlations,
                         verdict.max_deviation, plan.scale, plan.radius, verdict.stage_correction,
                         null.significance, verdict.significance_threshold)
+
+
+def _measure(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, cache: PairCache | None, *,
+             workers: int, progress: Any) -> ScanMeasurements:
+    """`measure_scan`, skipping the work units `cache` knows and storing every result in it."""
+    if cache is None:
+        return measure_scan(tiles, plan, settings, workers=workers, progress=progress)
+    keys = cache.keys(tiles, plan, settings)
+    measured = measure_scan(tiles, plan, settings, workers=workers, progress=progress, known=cache.lookup(keys))
+    cache.store(keys, [*measured.pairs, *measured.null])
+    return measured
 
 
 def _links(plan: ScanPlan, measured: Sequence[PairMeasurement], verdict: Acceptance) -> list[Link]:

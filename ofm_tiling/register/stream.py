@@ -68,8 +68,14 @@ class ScanMeasurements:
 
 
 def measure_scan(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, *, workers: int,
-                 progress: Any = None) -> ScanMeasurements:
-    """Decode every tile once and run every pair measurement and null comparison of `plan`."""
+                 progress: Any = None, known: dict[int, Any] | None = None) -> ScanMeasurements:
+    """Decode every tile once and run every pair measurement and null comparison of `plan`.
+
+    `known` maps work units (pairs ``0..P-1``, then null comparisons ``P..``) to results already
+    measured (`ofm_tiling.paircache`): they are not measured again, and a tile none of whose
+    remaining units needs it is not decoded.
+    """
+    known = known or {}
     refine = plan.scale > 1
     n_pairs = len(plan.pairs)
     # Work units, by the arrays they need: pairs (with both full tiles when refining), then nulls.
@@ -77,10 +83,8 @@ def measure_scan(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, *, 
         (_Strip(p, 0), _Strip(p, 1)) + ((_Full(i), _Full(j)) if refine else ())
         for p, (i, j) in enumerate(plan.pairs)]
     units += [(_Strip(nc.pair, 0), _Strip(nc.partner, 1)) for nc in plan.nulls]
-    provides: dict[int, list[_Strip]] = defaultdict(list)
-    for p, (i, j) in enumerate(plan.pairs):
-        provides[i].append(_Strip(p, 0))
-        provides[j].append(_Strip(p, 1))
+    todo = [u for u in range(len(units)) if u not in known]
+    provides = _provides(plan, {key for u in todo for key in units[u]})
     paths = getattr(tiles, "paths", None)
 
     def load(k: int) -> dict[Hashable, np.ndarray]:
@@ -95,13 +99,15 @@ def measure_scan(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, *, 
         filt = coarse_level(full, settings)
         out: dict[Hashable, np.ndarray] = {}
         for key in provides[k]:
-            g = plan.geometry[key.pair]
-            out[key] = filt[g.rect_i if key.side == 0 else g.rect_j].copy()
-        if refine:
-            out[_Full(k)] = full
+            if isinstance(key, _Strip):
+                g = plan.geometry[key.pair]
+                out[key] = filt[g.rect_i if key.side == 0 else g.rect_j].copy()
+            else:
+                out[key] = full
         return out
 
-    def compute(u: int, a: np.ndarray, b: np.ndarray, *full: np.ndarray) -> Any:
+    def compute(t: int, a: np.ndarray, b: np.ndarray, *full: np.ndarray) -> Any:
+        u = todo[t]
         if u < n_pairs:
             # Refined now, accepted or not: cheaper than decoding the tiles again once acceptance
             # is known (the threshold needs every link's coarse correlation first).
@@ -111,8 +117,22 @@ def measure_scan(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, *, 
 
     reporter = Progress(progress, len(provides))
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        results = stream(pool, sorted(provides), load, units, compute, max(1, workers) + 1, reporter.advance)
+        fresh = stream(pool, sorted(provides), load, [units[u] for u in todo], compute, max(1, workers) + 1,
+                       reporter.advance)
+    results: list[Any] = [known.get(u) for u in range(len(units))]
+    for u, result in zip(todo, fresh):
+        results[u] = result
     return ScanMeasurements(results[:n_pairs], results[n_pairs:])
+
+
+def _provides(plan: ScanPlan, needed: set[Hashable]) -> dict[int, list[Hashable]]:
+    """The arrays each tile provides, limited to the `needed` ones (tiles providing none are left out)."""
+    provides: dict[int, list[Hashable]] = defaultdict(list)
+    for p, (i, j) in enumerate(plan.pairs):
+        for key, tile in ((_Strip(p, 0), i), (_Strip(p, 1), j), (_Full(i), i), (_Full(j), j)):
+            if key in needed and key not in provides[tile]:
+                provides[tile].append(key)
+    return {k: v for k, v in provides.items() if v}
 
 
 class _Store:
