@@ -40,7 +40,9 @@ def test_flat_stack(tmp_path):
 @pytest.mark.parametrize(("options", "flag"), [
     (["--tile", "10x10"], "--tile"), (["--pixel-type", "grey16"], "--format"), (["--overlap", "1.5"], "--overlap"),
     (["--kind", "tileconfig", "--planes", "3"], "--planes"), (["--blank", "9"], "--blank"),
-    (["--quality", "0"], "--quality"), (["--workers", "0"], "--workers")])
+    (["--quality", "0"], "--quality"), (["--workers", "0"], "--workers"), (["--pixel-size", "0"], "--pixel-size"),
+    (["--mistag", "0=wrong", "--kind", "flat"], "--mistag"), (["--tile", "10"], "--tile"),
+    (["--grid", "2by2"], "--grid"), (["--blank", "a,b"], "--blank"), (["--mistag", "1=odd"], "--mistag")])
 def test_bad_values_are_one_line_errors(tmp_path, capsys, options, flag):
     assert cli_main(["example", str(tmp_path / "x"), "--grid", "2x2", "--source", "procedural", "-q", *options]) == 2
     err = capsys.readouterr().err.strip()

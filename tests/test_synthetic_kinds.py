@@ -138,7 +138,8 @@ def test_keywords_equal_a_spec(tmp_path):
     (dict(pixel_type="grey16"), "tile_format"), (dict(kind="flat", tile_format="png"), "tile_format"),
     (dict(kind="tileconfig", planes=3), "planes"), (dict(kind="tileconfig", incomplete=True), "kind"),
     (dict(kind="zigzag"), "kind"), (dict(jpeg_quality=0), "jpeg_quality"), (dict(blank_tiles=(99,)), "blank_tiles"),
-    (dict(mistag={0: "odd"}), "mistag")])
+    (dict(mistag={0: "odd"}), "mistag"), (dict(pixel_size_um=-1.0), "pixel_size_um"),
+    (dict(vignetting=1.5), "vignetting"), (dict(noise_sigma=-2), "noise_sigma")])
 def test_bad_spec_names_the_parameter(fields, name):
     with pytest.raises(ValueError) as err:
         ScanSpec(**fields)

@@ -8,7 +8,8 @@ and ``truth.png``, which scan readers ignore. `load_truth` reads the truth back.
 Modules: `spec` (the ScanSpec and its checks), `scan` (make_scan), `capture` (what happens at each
 position), `geometry` (stage grid and true positions), `texture` and `sample` (the canvas),
 `noise` (random fields), `optics` (blur, illumination, sensor), `tiles` (rendering and writing
-images), `ofm_metadata` (OFM JSON, EXIF and data.json), `truth` (ScanTruth, load_truth).
+images), `ofm_metadata` (OFM JSON, EXIF and data.json), `truth` (ScanTruth, load_truth), `command`
+(the options of ``ofm-tiling example``).
 """
 from __future__ import annotations
 

@@ -207,8 +207,20 @@ def check_spec(spec: ScanSpec) -> None:
             raise ValueError(f"{name} must be >= 0; got {getattr(spec, name)}")
     if not 1 <= spec.jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be 1-100; got {spec.jpeg_quality}")
+    _check_optics(spec)
     _check_kind(spec)
     _check_indices(spec)
+
+
+def _check_optics(spec: ScanSpec) -> None:
+    for name in ("pixel_size_um", "zoom", "nucleus_radius_px"):
+        value = getattr(spec, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0; got {value}")
+    if spec.defocus_px is not None and not spec.defocus_px >= 0:
+        raise ValueError(f"defocus_px must be >= 0; got {spec.defocus_px}")
+    if not 0 <= spec.vignetting < 1:
+        raise ValueError(f"vignetting must be in [0, 1); got {spec.vignetting}")
 
 
 def _check_kind(spec: ScanSpec) -> None:
