@@ -6,6 +6,7 @@ sensor noise, and saves the images in the scan's format and pixel type.
 """
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ class Sensor:
 _STATE: dict[str, Any] = {}
 
 
+def _process_context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 def _init_worker(canvas: Canvas, camera: Sensor) -> None:
     _STATE.update(canvas=canvas, camera=camera, noise_lut=noise_lut(camera.noise_sigma))
 
@@ -62,8 +68,9 @@ def write_pixels(canvas: Canvas, tasks: list[TileTask], truth_hw: tuple[int, int
         strips = [(y0, min(rows, truth_hw[0] - y0), truth_hw[1]) for y0 in range(0, truth_hw[0], rows)]
         truth = np.empty((*truth_hw, 3), dtype=np.uint8)
     if workers > 1 and len(tasks) + len(strips) > 1:
-        with ProcessPoolExecutor(max_workers=int(workers), initializer=_init_worker,
-                                 initargs=(canvas, camera)) as pool:
+        # Not forked: a fork of a process with threads (a test runner, a GUI) can deadlock in its child.
+        with ProcessPoolExecutor(max_workers=int(workers), initializer=_init_worker, initargs=(canvas, camera),
+                                 mp_context=_process_context()) as pool:
             for done, _ in enumerate(pool.map(_write_position, tasks), 1):
                 if progress:
                     progress(done, len(tasks))
