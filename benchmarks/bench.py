@@ -32,6 +32,9 @@ def bench_scan(scan: Path, work: Path, *, workers: int, repeat: int, stages: boo
 
     use = _bench_stitch(res, scan, work, workers=workers, repeat=repeat, truth=truth)
     ok = res["stitch"]["returncode"] == 0
+    if stages and ok:  # the same scan again into the same folders: pairs come from the pair cache
+        res["rerun"] = child("stitch", {"scan": str(scan), "out": str(use.parent / "stitched"), "use": str(use),
+                                        "workers": workers}, log_path=work / "rerun.log")
     if stages:
         res["startup"] = child("startup", {"repeat": 7}, log_path=work / "startup.log")
         res["stages"] = _bench_stages(scan, work, workers=workers)

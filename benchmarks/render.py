@@ -166,6 +166,10 @@ def _ratios(main: dict, s: dict) -> list[str]:
         lines.append(f"| focus check ÷ whole stitch (in-process) | {100 * s['focus_check_share']:.1f} % |")
     if "help_s" in s:
         lines.append(f"| `ofm-tiling --help` start-up (fresh process, median of 7) | {s['help_s']:.3f} s |")
+    if "rerun_wall_s" in s:
+        lines.append(f"| re-run of an unchanged scan (pair cache): registration | {s['rerun_registration_s']:.2f} s "
+                     f"(first run {s['first_registration_s']:.2f} s); whole stitch {s['rerun_wall_s']:.1f} s "
+                     f"(first {s['ours_wall_s']:.1f} s) |")
     if "ofs_over_ours" in s:
         lines.append(f"| openflexure-stitching wall ÷ ofm-tiling wall (speed-up) | **{s['ofs_over_ours']:.1f}×** |")
         lines.append(f"| ofm-tiling wall ÷ openflexure-stitching wall | {s['ours_over_ofs']:.3f} |")

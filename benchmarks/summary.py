@@ -24,6 +24,11 @@ def summarise(res: dict) -> dict:
     su = res.get("startup") or {}
     if su.get("returncode") == 0:
         out["help_s"] = su["result"]["help_s"]
+    again = res.get("rerun") or {}
+    if again.get("returncode") == 0 and "ours_wall_s" in out:
+        out["rerun_wall_s"] = again["wall_s"]
+        out["rerun_registration_s"] = again["result"]["timings"]["registration"]
+        out["first_registration_s"] = st["result"]["timings"]["registration"]
     ofs = res.get("ofs") or {}
     if ofs.get("returncode") == 0 and "ours_wall_s" in out:
         out["ofs_wall_s"] = ofs["wall_s"]
