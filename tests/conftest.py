@@ -98,3 +98,20 @@ def he_sample() -> np.ndarray:
     import tifffile
 
     return tifffile.imread(path, key=0)
+
+
+# --- the recorded real Fiji runs -------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the repository clone (as CI lays it out), else the nearest folder above that has it.
+_RECORDED = Path("shared", "reference", "real-fiji")
+REAL_FIJI = next((p / _RECORDED for p in REPO.parents if (p / _RECORDED).is_dir()), REPO.parent / _RECORDED)
+
+
+def real_fiji(case: str) -> Path:
+    """A recorded run of the real Grid/Collection plugin (``blank-glass`` or ``normal``); the test is
+    skipped, visibly, when ``../shared`` is not beside the repository."""
+    folder = REAL_FIJI / case
+    if not (folder / "fiji-console.log").is_file():
+        pytest.skip(f"the recorded real Fiji runs are not beside the repository ({folder} is missing)")
+    return folder

@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 import pytest
 import tifffile
-from conftest import he_sample, psnr
+from conftest import he_sample, psnr, real_fiji
 
 from ofm_tiling.backend import Mosaic
 from ofm_tiling.fuse import _overlap_widths, fuse_bands, fuse_mosaic, mosaic_shape
@@ -295,11 +295,10 @@ def test_real_fiji_positions_give_the_size_written(tmp_path):
     image was 2006 x 1176 while the command printed `mosaic_shape`, 2005 x 1175. Fused by us from
     Fiji's registered positions, the file written has the size `fuse_mosaic` reports."""
     import re
-    from pathlib import Path
 
     from ofm_tiling.pyramid import write_ome_tiff
 
-    folder = Path("/work/shared/reference/real-fiji/normal")
+    folder = real_fiji("normal")
     text = (folder / "fiji-TileConfiguration.registered.txt").read_text()
     rows = re.findall(r"^(\S+); ; \(([-\d.eE]+), ([-\d.eE]+)\)", text, re.M)
     positions = np.array([(float(x), float(y)) for _, x, y in rows])

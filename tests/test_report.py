@@ -4,17 +4,16 @@ from __future__ import annotations
 import csv
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_fiji
 
 from ofm_tiling.placement import Criteria, Link, Placement, apply_model
 from ofm_tiling.report import FORMAT, VERSION, link_table, report_frame, write_report
 from ofm_tiling.solve import solve
 
 TILE = (240, 320)
-REAL_FIJI = Path("/work/shared/reference/real-fiji/blank-glass")
 
 
 def scan() -> tuple[np.ndarray, np.ndarray, Placement]:
@@ -53,16 +52,17 @@ def fiji_scan() -> tuple[np.ndarray, list[str], Placement]:
     """The real Fiji run on the blank-glass scan (../shared/reference/real-fiji): Fiji's pairwise
     links with its R, among them the glass-to-glass link 02 <- 05 that Fiji kept (R 0.62) making a
     group of its own, and the three glass tiles corrected to the stage model (positions: the truth)."""
-    with open(REAL_FIJI / "use" / "tiles.csv", newline="") as fh:
+    folder = real_fiji("blank-glass")
+    with open(folder / "use" / "tiles.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     names = [r["tile"] for r in rows]
     stage = np.array([(float(r["x_px"]), float(r["y_px"])) for r in rows])
-    with open(REAL_FIJI / "truth-positions.csv", newline="") as fh:
+    with open(folder / "truth-positions.csv", newline="") as fh:
         truth = {r["tile"]: (float(r["true_x"]), float(r["true_y"])) for r in csv.DictReader(fh)}
     positions = np.array([truth[n] for n in names])
     pair = re.compile(r"^(\S+)\[1\] <- (\S+)\[1\]: \((\S+), (\S+)\) correlation \(R\)=(\S+) ")
     links = []
-    for line in (REAL_FIJI / "fiji-console.log").read_text().splitlines():
+    for line in (folder / "fiji-console.log").read_text().splitlines():
         m = pair.match(line)
         if not m:
             continue

@@ -99,18 +99,7 @@ def use_folder(use: Path, positions: list[tuple[float, float]]) -> list[str]:
     return names
 
 
-REPO = Path(__file__).resolve().parents[2]
-# ../shared beside the repository clone (CI); from a worktree, the nearest folder above that has it.
-_RECORDED = Path("shared", "reference", "real-fiji")
-REAL_FIJI = next((p / _RECORDED for p in REPO.parents if (p / _RECORDED).is_dir()), REPO.parent / _RECORDED)
-
-
-def real_fiji(case: str) -> Path:
-    """A recorded real Fiji run (``blank-glass`` or ``normal``); the test is skipped, visibly, without it."""
-    folder = REAL_FIJI / case
-    if not (folder / "fiji-console.log").is_file():
-        pytest.skip(f"the recorded real Fiji runs are not beside the repository ({folder} is missing)")
-    return folder
+from conftest import REAL_FIJI, REPO, real_fiji  # noqa: E402,F401  (one home for the recorded runs)
 
 
 def real_truth(folder: Path) -> tuple[np.ndarray, np.ndarray]:
