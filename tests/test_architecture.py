@@ -57,3 +57,13 @@ def test_importing_the_package_changes_nothing_outside_it():
             "assert Image.MAX_IMAGE_PIXELS == before, Image.MAX_IMAGE_PIXELS; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject.toml lists the packages explicitly: a subpackage missing there works from the source
+    tree but not once installed (CI's console-script tests caught exactly that)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
