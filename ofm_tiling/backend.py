@@ -36,8 +36,10 @@ class Backend(Protocol):
     def check(self) -> None:
         """Raise `OfmTilingError` now if the backend cannot run (before any work starts)."""
 
-    def place(self, collection: Collection, *, workers: int, show_progress: bool) -> Placement:
-        """Register the collected tiles and place every one of them."""
+    def place(self, collection: Collection, *, workers: int, show_progress: bool,
+              cache: PairCache | None = None) -> Placement:
+        """Register the collected tiles and place every one of them. `cache` holds pairwise results
+        of earlier runs (`ofm_tiling.paircache`) for a backend that can reuse them; it is saved."""
 
     def own_mosaic(self, collection: Collection, placement: Placement) -> Mosaic | None:
         """The backend's own fused mosaic for `placement`, or None for the built-in fusion."""
@@ -47,13 +49,12 @@ class BuiltinBackend:
     """Built-in registration (`ofm_tiling.register`) and global solve (`ofm_tiling.solve`)."""
 
     name = "builtin"
-    #: Pairwise results of earlier runs (`ofm_tiling.paircache`), set by `stitch`; saved after registering.
-    pair_cache: PairCache | None = None
 
     def check(self) -> None:
         return None
 
-    def place(self, collection: Collection, *, workers: int, show_progress: bool) -> Placement:
+    def place(self, collection: Collection, *, workers: int, show_progress: bool,
+              cache: PairCache | None = None) -> Placement:
         from .register import JpegTiles, register
         from .solve import solve
 
@@ -62,9 +63,9 @@ class BuiltinBackend:
             return Placement.from_stage(stage, note="only one tile: nothing to register")
         with progress_bar("registering", enabled=show_progress) as bar:
             registration = register(JpegTiles(collection.paths), stage, tile_shape=collection.tile_shape,
-                                    workers=workers, progress=bar, cache=self.pair_cache)
-        if self.pair_cache is not None:
-            self.pair_cache.save()
+                                    workers=workers, progress=bar, cache=cache)
+        if cache is not None:
+            cache.save()
         solution = solve(stage, registration.links)
         notes = []
         if not any(link.accepted for link in registration.links):

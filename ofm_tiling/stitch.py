@@ -26,6 +26,7 @@ from .scan import Scan, read_scan
 if TYPE_CHECKING:
     from .backend import Backend, Mosaic
     from .collect import Collection
+    from .paircache import PairCache
     from .placement import Placement
 
 log = logging.getLogger("ofm_tiling")
@@ -172,9 +173,9 @@ def _run(scan: Scan, folders: _Folders, options: StitchOptions, backend: Backend
         notes = list(collection.notes)
         focus_rows = _focus_check(collection, options, clock, notes)
         log.info(f"registering {len(collection.tiles)} tiles ({backend.name} backend)")
-        _carry_pair_cache(backend, folders.out, staging_out)
         with clock.step("registration"):
-            placement = backend.place(collection, workers=workers, show_progress=show_progress)
+            placement = backend.place(collection, workers=workers, show_progress=show_progress,
+                                      cache=_pair_cache(folders.out, staging_out))
         placement = placement.shifted(-placement.positions.min(axis=0))
         notes.extend(placement.notes)
         log.info("fusing and writing the mosaic")
@@ -190,14 +191,11 @@ def _run(scan: Scan, folders: _Folders, options: StitchOptions, backend: Backend
     return StitchResult(collection, folders.out, placement, shape, backend.name, clock.timings, notes)
 
 
-def _carry_pair_cache(backend: Backend, out: Path, staging_out: Path) -> None:
-    """Give a backend that caches pairwise results the previous result's cache, to be saved in staging."""
-    from .backend import BuiltinBackend
+def _pair_cache(out: Path, staging_out: Path) -> PairCache:
+    """The previous result's pairwise results, to be saved (as used) in the new output folder."""
+    from .paircache import PAIR_CACHE, PairCache
 
-    if isinstance(backend, BuiltinBackend):
-        from .paircache import PAIR_CACHE, PairCache
-
-        backend.pair_cache = PairCache(out / PAIR_CACHE, staging_out / PAIR_CACHE)
+    return PairCache(out / PAIR_CACHE, staging_out / PAIR_CACHE)
 
 
 def _collect(scan: Scan, options: StitchOptions, staging: Path) -> Collection:

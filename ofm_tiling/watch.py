@@ -162,9 +162,7 @@ def refresh(root: Path, positions: list[Position], out: Path, cache: Any, option
 
     t0 = time.perf_counter()
     collection = _live_collection(root, positions, options)
-    backend = BuiltinBackend()
-    backend.pair_cache = cache
-    placement = backend.place(collection, workers=options.thread_count(), show_progress=False)
+    placement = BuiltinBackend().place(collection, workers=options.thread_count(), show_progress=False, cache=cache)
     placement = placement.shifted(-placement.positions.min(axis=0))
     t1 = time.perf_counter()
     _write_preview(out / PREVIEW, collection.paths, placement.positions, collection.tile_shape,

@@ -38,9 +38,11 @@ def write_slowly(source: Path, target: Path, *, chunks: int = 3, pause: float = 
 
 
 def microscope(source: Path, target: Path, *, between: float = 0.25) -> threading.Thread:
-    """A background writer: position folders one at a time (images, then data.json), the scan's data.json last."""
+    """A background writer: position folders one at a time (images, then data.json), the scan's data.json last.
+    The scan folder exists before `watch` starts, as when the microscope has begun a scan."""
+    target.mkdir()
+
     def run() -> None:
-        target.mkdir()
         for folder in capture_order(source):
             (target / folder.name).mkdir()
             for image in sorted(folder.glob("*.jpeg")):

@@ -72,8 +72,10 @@ class FijiBackend:
             raise OfmTilingError(None, f"regression_threshold must be between 0 and 1, not {self.regression_threshold}")
         self.fiji = find_fiji(self.fiji)
 
-    def place(self, collection: Collection, *, workers: int, show_progress: bool) -> Placement:
-        """Run Fiji on ``collection.use_dir``, then check its links and positions."""
+    def place(self, collection: Collection, *, workers: int, show_progress: bool,
+              cache: object = None) -> Placement:
+        """Run Fiji on ``collection.use_dir``, then check its links and positions (Fiji measures every
+        pair itself: `cache` is not used)."""
         def step(message: str) -> None:
             if show_progress:
                 log.info("fiji: %s", message)
