@@ -206,20 +206,10 @@ def _run_example(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _quality(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number 1-100, not {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError("quality must be 1-100")
-    return value
-
-
 def _add_viewer_parsers(sub) -> None:
     p = sub.add_parser("viewer", help="write OUTPUT_DIR/viewer: a web page for the mosaic (opens offline, shareable)")
     p.add_argument("output", type=Path, metavar="OUTPUT_DIR", help="a finished output folder (holds mosaic.ome.tif)")
-    p.add_argument("--quality", type=_quality, default=None, help="JPEG quality of the viewer's tiles (default 90)")
+    p.add_argument("--quality", type=int, default=None, help="JPEG quality of the viewer's tiles, 1-100 (default 90)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p = sub.add_parser("view", help="show a stitched scan in the web browser (served on 127.0.0.1 until Ctrl-C)")
     p.add_argument("path", type=Path, metavar="SCAN_OR_OUTPUT_DIR",

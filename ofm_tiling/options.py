@@ -6,6 +6,7 @@ naming the parameter, never after minutes of work.
 """
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +27,16 @@ QUALITY_RANGE = (1, 100)
 #: JPEG quality of the mosaic's RGB tiles: colour within 42 dB of the exact mosaic (quality 80 gave
 #: 38 dB on a whole H&E slide but under 34 dB on dense tissue tiles; benchmarks/jpeg_colour.py).
 DEFAULT_QUALITY = 90
+
+
+def check_quality(value: object, parameter: str = "quality") -> int:
+    """A JPEG quality, an integer from 1 to 100 (the mosaic's tiles, the viewer's tiles)."""
+    ok = isinstance(value, int) or (hasattr(value, "__index__") and not isinstance(value, float))
+    q = operator.index(value) if ok and not isinstance(value, bool) else 0  # type: ignore[arg-type]
+    if not QUALITY_RANGE[0] <= q <= QUALITY_RANGE[1]:
+        raise OptionError(parameter, f"must be an integer from {QUALITY_RANGE[0]} to {QUALITY_RANGE[1]}, "
+                                     f"got {value!r}")
+    return q
 
 
 def _check_choice(name: str, value: object) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import operator
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ import tifffile
 from .bands import Spool, halve, in_background, rechunk
 from .errors import OfmTilingError, OptionError
 from .files import atomic_file
-from .options import CHOICES, QUALITY_RANGE
+from .options import CHOICES, check_quality
 from .preview import preview_shape, preview_width, write_preview_from_rows
 
 __all__ = ["COMPRESSIONS", "Codec", "LevelPlan", "PixelFormat", "PyramidWriter", "check_options", "plan_levels",
@@ -101,10 +100,7 @@ def check_options(*, compression: str = "jpeg", quality: int = 90, dtype: np.dty
     name = "deflate" if name == "zlib" else name
     if name not in COMPRESSIONS:
         raise OptionError("compression", f"must be one of {', '.join(map(repr, COMPRESSIONS))}, got {compression!r}")
-    q = operator.index(quality) if hasattr(quality, "__index__") and not isinstance(quality, bool) else 0
-    if not QUALITY_RANGE[0] <= q <= QUALITY_RANGE[1]:
-        raise OptionError("quality", f"must be an integer from {QUALITY_RANGE[0]} to {QUALITY_RANGE[1]}, "
-                                     f"got {quality!r}")
+    q = check_quality(quality)
     dt = np.dtype(dtype)
     if dt not in (np.uint8, np.uint16):
         raise ValueError(f"dtype must be uint8 or uint16, got {dt}")

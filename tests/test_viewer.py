@@ -24,8 +24,8 @@ from ofm_tiling.viewer import find_result, is_current, write_viewer
 from ofm_tiling.viewer.tiles import TILE, pyramid_for, tile_path, write_tiles
 
 PIXEL_UM = 0.5
-# Viewer tiles are the OME-TIFF's JPEG pixels encoded once more (quality 90, 4:4:4): measured 45-60 dB
-# against the OME-TIFF on H&E-like mosaics (over 40 dB at every level for other OME-TIFF JPEG settings);
+# Whole viewer tiles are the OME-TIFF's own JPEG tiles (exact); edge tiles and levels the file lacks are
+# encoded once more as RGB JPEG at quality 90 (about 52 dB against the OME-TIFF on H&E-like mosaics);
 # a tile one tile off gives < 20 dB.
 TILE_PSNR = 35.0
 CHROMIUM = "/usr/bin/chromium"
@@ -166,7 +166,7 @@ def test_bad_folders_give_one_line_errors(tmp_path, capsys):
     assert main(["viewer", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ofm-tiling: error:") and "mosaic.ome.tif" in err and "\n" not in err
-    with pytest.raises(ValueError, match="quality must be 1-100"):
+    with pytest.raises(ValueError, match="quality must be an integer from 1 to 100"):
         write_viewer(tmp_path, quality=0)
 
 

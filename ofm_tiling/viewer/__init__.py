@@ -16,6 +16,7 @@ import tifffile
 
 from ..errors import OfmTilingError
 from ..files import FolderSwap, check_output_dir, recover
+from ..options import check_quality
 from ..outputs import MOSAIC, REPORT, VIEWER
 from .page import read_report, viewer_data, write_page
 from .serve import serve
@@ -62,8 +63,7 @@ def write_viewer(output_dir: str | os.PathLike, *, quality: int = QUALITY, title
     staging name and renamed into place when complete. Callers running alongside other runs on
     the same folder hold a `ofm_tiling.files.ScanLock` on it.
     """
-    if not 1 <= int(quality) <= 100:
-        raise ValueError("quality must be 1-100")
+    check_quality(quality)
     out = Path(output_dir)
     if not out.is_dir():
         raise OfmTilingError(out, "output folder not found")

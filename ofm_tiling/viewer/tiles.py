@@ -21,6 +21,7 @@ import tifffile
 from PIL import Image
 
 from ..errors import OfmTilingError
+from ..options import check_quality
 from ..pixels import halve_u8
 
 #: Side of a viewer tile in pixels (the OME-TIFF's own tile size, so its tiles map one to one).
@@ -149,8 +150,7 @@ def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: 
     Pyramid
         The levels written.
     """
-    if not 1 <= int(quality) <= 100:
-        raise ValueError("quality must be 1-100")
+    check_quality(quality)
     path = Path(mosaic)
     try:
         tif = tifffile.TiffFile(path)
