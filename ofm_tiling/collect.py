@@ -76,6 +76,8 @@ class Collection:
     layout: str
     failed: list[FailedPosition]
     notes: list[str] = field(default_factory=list)
+    kind: str = "smart-stack"  # what the input folder was, see `ofm_tiling.scan`
+    pixel_type: str = "rgb8"  # one of `ofm_tiling.pixels.PIXEL_TYPES`; every tile has it
 
     @property
     def tile_configuration(self) -> Path:

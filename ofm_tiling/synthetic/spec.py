@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from ..pixels import PIXEL_TYPES
+
 KINDS = ("smart-stack", "flat", "tileconfig")
-PIXEL_TYPES = ("rgb8", "grey8", "grey16")
 TILE_FORMATS = ("jpeg", "png", "tiff")
 LAYOUTS = ("v2", "v3", "v3-slash")
 MISTAGS = ("none", "several", "wrong", "bad_json")
