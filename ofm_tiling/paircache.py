@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from .register.pairs import PairGeometry, ScanPlan
     from .register.tiles import TileImages
 
-__all__ = ["PAIR_CACHE", "PairCache", "tile_digest"]
+__all__ = ["PAIR_CACHE", "PairCache", "tile_digest", "tile_digests"]
 
 log = logging.getLogger("ofm_tiling")
 
@@ -39,6 +40,11 @@ _VERSION = 1
 _CHUNK = 1 << 20
 
 
+def _hasher():
+    # SHA-256 runs on the CPU's SHA instructions: about twice blake2b's speed here (1.0 vs 0.43 GB/s).
+    return hashlib.sha256()
+
+
 def tile_digest(tiles: TileImages, k: int, memo: dict | None = None) -> str:
     """Hash of tile `k`'s content: its file's bytes (`JpegTiles`), else its pixels.
 
@@ -46,20 +52,31 @@ def tile_digest(tiles: TileImages, k: int, memo: dict | None = None) -> str:
     process however many runs ask for it.
     """
     paths = getattr(tiles, "paths", None)
+    h = _hasher()
     if paths is None:
-        return hashlib.blake2b(np.ascontiguousarray(tiles.gray(k, 1)).tobytes(), digest_size=16).hexdigest()
+        h.update(np.ascontiguousarray(tiles.gray(k, 1)).tobytes())
+        return h.hexdigest()[:32]
     path = os.fspath(paths[k])
     st = os.stat(path)
     stamp = (path, st.st_size, st.st_mtime_ns)
     if memo is not None and stamp in memo:
         return memo[stamp]
-    h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
-            h.update(chunk)
+            h.update(chunk)  # releases the GIL: files are hashed on several threads at once
     if memo is not None:
-        memo[stamp] = h.hexdigest()
-    return h.hexdigest()
+        memo[stamp] = h.hexdigest()[:32]
+    return h.hexdigest()[:32]
+
+
+def tile_digests(tiles: TileImages, indices: Sequence[int], memo: dict | None = None, *,
+                 workers: int | None = None) -> dict[int, str]:
+    """`tile_digest` of each tile in `indices`, on `workers` threads (default: all cores)."""
+    workers = max(1, min(len(indices), workers or os.cpu_count() or 1))
+    if workers == 1:
+        return {k: tile_digest(tiles, k, memo) for k in indices}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(indices, pool.map(lambda k: tile_digest(tiles, k, memo), indices)))
 
 
 def _geometry(g: PairGeometry) -> list:
@@ -134,7 +151,7 @@ class PairCache:
         """The key of every work unit of `plan` on `tiles`."""
         needed = sorted({k for pair in plan.pairs for k in pair})
         digests = dict.fromkeys(range(len(tiles)), "")
-        digests.update({k: tile_digest(tiles, k, self.memo) for k in needed})
+        digests.update(tile_digests(tiles, needed, self.memo))
         return unit_keys(plan, settings, [digests[k] for k in range(len(tiles))])
 
     def lookup(self, keys: Sequence[str]) -> dict[int, PairMeasurement | tuple[float, int]]:

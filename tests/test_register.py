@@ -415,3 +415,27 @@ def test_stream_runs_every_unit_once_and_holds_about_one_row():
     assert sorted(loaded) == list(range(rows * cols))       # each tile loaded once
     assert out == [(u, float(i), float(j)) for u, (i, j) in enumerate(units)]
     assert peak[0] <= cols + 8                               # about one row, not the whole scan
+
+
+def test_candidate_pairs_match_a_kd_tree_search():
+    """The sweep finds exactly the pairs a k-d tree (Chebyshev ball of one tile) finds, then filters."""
+    from scipy.spatial import cKDTree
+
+    from ofm_tiling.register.pairs import candidate_pairs
+
+    rng = np.random.default_rng(1)
+    w, h = 320, 240
+    for t in range(200):
+        n = int(rng.integers(2, 60))
+        pos = rng.uniform(0, 5, (n, 2)) * [w, h]
+        if t % 3 == 0:
+            pos = np.round(pos / 50) * 50  # ties in x and exact tile-size gaps
+        min_overlap = (0.0, 0.01, 0.1)[t % 3]
+        expected = []
+        pairs = cKDTree(pos / (w, h)).query_pairs(1.0, p=np.inf, output_type="ndarray")
+        if len(pairs):
+            pairs = np.sort(pairs, axis=1)
+            ov = np.array([w, h]) - np.abs(pos[pairs[:, 1]] - pos[pairs[:, 0]])
+            keep = (ov > 0).all(axis=1) & (ov.prod(axis=1) >= min_overlap * w * h)
+            expected = sorted(map(tuple, pairs[keep].tolist()))
+        assert candidate_pairs(pos, (h, w), min_overlap=min_overlap) == expected

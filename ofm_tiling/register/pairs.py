@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 __all__ = ["PairGeometry", "NullComparison", "ScanPlan", "as_positions", "candidate_pairs", "plan_scan"]
 
@@ -57,9 +56,15 @@ def candidate_pairs(
     h, w = (float(v) for v in tile_shape)
     if len(pos) < 2:
         return []
-    # Chebyshev ball in tile units: only tiles closer than one tile size on both axes can overlap.
-    tree = cKDTree(pos / (w, h))
-    pairs = tree.query_pairs(1.0, p=np.inf, output_type="ndarray")
+    # Only tiles closer than one tile size on both axes can overlap: a sweep along x finds them
+    # (sorted by x, each tile meets the tiles less than a tile width to its right).
+    order = np.argsort(pos[:, 0], kind="stable")
+    xs = pos[order, 0]
+    ends = np.searchsorted(xs, xs + w, side="left")
+    found = [np.stack([np.full(e - k - 1, order[k]), order[k + 1:e]], axis=1)
+             for k, e in enumerate(ends) if e > k + 1]
+    pairs = np.concatenate(found) if found else np.empty((0, 2), np.int64)
+    pairs = pairs[np.abs(pos[pairs[:, 1], 1] - pos[pairs[:, 0], 1]) < h]
     if len(pairs) == 0:
         return []
     pairs = np.sort(pairs, axis=1)
