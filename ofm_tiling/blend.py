@@ -5,58 +5,60 @@ them); these functions compute its pixels from the pieces of the tiles that cove
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from .pixels import raised_cosine
+from .seams import Ramp
 
-__all__ = ["Ramp", "Piece", "feather_ramp", "blend_cell", "nearest_cell"]
-
-
-@dataclass(frozen=True)
-class Ramp:
-    """Feather weights along one tile axis, and the range ``lo:hi`` where they are exactly 1."""
-
-    w: np.ndarray
-    lo: int
-    hi: int
-
-
-def feather_ramp(n: int, width: float) -> Ramp:
-    w = raised_cosine(n, width)
-    ones = np.flatnonzero(w == 1)
-    return Ramp(w, int(ones[0]), int(ones[-1]) + 1) if len(ones) else Ramp(w, 0, 0)
+__all__ = ["Piece", "feather_cell", "nearest_cell"]
 
 
 class Piece(NamedTuple):
-    """The part of one tile that covers a cell."""
+    """The part of one tile that covers a cell, with the tile's (rows, columns) feather ramps."""
 
     tile: np.ndarray
     rows: slice
     cols: slice
+    ramps: tuple[Ramp, Ramp] | None = None
+
+
+_ZERO, _ONE, _RAMP = 0, 1, 2  # what a tile's weight does over a run of a cell
 
 
 class _Run(NamedTuple):
-    """A stretch ``start:stop`` of a cell along one axis; `flat` when no weight varies in it."""
+    """A stretch ``start:stop`` of a cell along one axis, and each piece's weight regime over it."""
 
     start: int
     stop: int
-    flat: bool
+    regimes: tuple[int, ...]
 
 
-def _runs(spans: list[slice], ramp: Ramp) -> list[_Run]:
-    """Split a cell's extent along one axis around the run where every covering tile's weight is
-    exactly 1 (contiguous: each tile is 1 on its interior). A flat run has 1-D masks."""
+def _regime(ramp: Ramp, t: int) -> int:
+    if t < ramp.zlo or t >= ramp.zhi:
+        return _ZERO
+    return _ONE if ramp.lo <= t < ramp.hi else _RAMP
+
+
+def _runs(spans: list[slice], ramps: list[Ramp]) -> list[_Run]:
+    """Split a cell's extent along one axis wherever a covering tile's weight changes between
+    0, 1 and in-between (contiguous zones of each ramp), so each run has one regime per tile."""
     n = spans[0].stop - spans[0].start
-    a, b = 0, n
-    for s in spans:
-        a, b = max(a, ramp.lo - s.start), min(b, ramp.hi - s.start)
-    if a >= b:
-        return [_Run(0, n, n == 1)]
-    return [_Run(s, e, (s, e) == (a, b) or e - s == 1) for s, e in ((0, a), (a, b), (b, n)) if e > s]
+    cuts = {0, n}
+    for s, r in zip(spans, ramps):
+        cuts.update(b - s.start for b in (r.zlo, r.lo, r.hi, r.zhi) if 0 < b - s.start < n)
+    edges = sorted(cuts)
+    runs: list[_Run] = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        regimes = tuple(_regime(r, s.start + a) for s, r in zip(spans, ramps))
+        last = runs[-1] if runs else None
+        if last is not None and [g == _ZERO for g in last.regimes] == [g == _ZERO for g in regimes]:
+            # The same tiles have weight: one run (fewer, larger blends), varying where any part varies.
+            runs[-1] = _Run(last.start, b, tuple(g if g == h else _RAMP for g, h in zip(last.regimes, regimes)))
+        else:
+            runs.append(_Run(a, b, regimes))
+    return runs
 
 
 def _inclusion_masks(ys: list[np.ndarray], xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -79,28 +81,51 @@ def _inclusion_masks(ys: list[np.ndarray], xs: list[np.ndarray]) -> list[np.ndar
     return masks
 
 
-def blend_cell(cover: list[Piece], ramps: tuple[Ramp, Ramp]) -> np.ndarray:
-    """Feathered weighted mean of the tiles covering one cell, as a uint8 array.
+def feather_cell(dst: np.ndarray, cover: list[Piece]) -> None:
+    """Write into `dst` the feathered weighted mean of the tiles covering one cell.
 
-    The cell is assembled in Pillow: the last covering tile, then the others pasted over it with
-    8-bit opacity masks (:func:`_inclusion_masks`). Pillow blends in one integer pass in C and
-    releases the GIL, several times faster than float arithmetic in numpy. Weights are products of
-    1-D ramps, and in most of an overlap all but one of them is 1 (a side overlap away from the
-    corners), so masks are mostly 1-D and cost next to nothing.
+    The cell is split where any tile's weight changes regime (`_runs`). A part where one tile
+    alone has weight is that tile's pixels, copied; only the cross-fade zones are blended, in
+    Pillow: the last tile with weight, then the others pasted over it with 8-bit opacity masks
+    (:func:`_inclusion_masks`). Pillow blends in one integer pass in C and releases the GIL,
+    several times faster than float arithmetic in numpy; weights are products of 1-D ramps and
+    mostly vary along one axis only, so masks are mostly 1-D and cost next to nothing. Where no
+    tile has weight (only in unusual layouts, e.g. a tile overlapped on all sides by more than
+    half its size), the tiles are averaged with equal weights.
     """
-    wy, wx = ramps
-    base = cover[-1]
-    cell = Image.fromarray(base.tile[base.rows, base.cols])
-    for r0, r1, yflat in _runs([p.rows for p in cover], wy):
-        ys = [wy.w[p.rows.start + r0 : p.rows.start + (r0 + 1 if yflat else r1)] for p in cover]
-        for c0, c1, xflat in _runs([p.cols for p in cover], wx):
-            xs = [wx.w[p.cols.start + c0 : p.cols.start + (c0 + 1 if xflat else c1)] for p in cover]
-            masks = _inclusion_masks(ys, xs)
-            shape = (r1 - r0, c1 - c0)
-            for p, mask in reversed(list(zip(cover[:-1], masks))):  # K-2 .. 0
-                src = p.tile[p.rows.start + r0 : p.rows.start + r1, p.cols.start + c0 : p.cols.start + c1]
-                mask = np.ascontiguousarray(np.broadcast_to(mask, shape))
-                cell.paste(Image.fromarray(src), (c0, r0), Image.fromarray(mask))
+    for ry in _runs([p.rows for p in cover], [p.ramps[0] for p in cover]):  # type: ignore[index]
+        for rx in _runs([p.cols for p in cover], [p.ramps[1] for p in cover]):  # type: ignore[index]
+            weighted = [k for k, (a, b) in enumerate(zip(ry.regimes, rx.regimes)) if a != _ZERO and b != _ZERO]
+            rows, cols = slice(ry.start, ry.stop), slice(rx.start, rx.stop)
+            if len(weighted) == 1:
+                p = cover[weighted[0]]
+                dst[rows, cols] = p.tile[_within(p.rows, rows), _within(p.cols, cols)]
+            else:
+                dst[rows, cols] = _blend(cover, weighted, ry, rx)
+
+
+def _within(span: slice, part: slice) -> slice:
+    return slice(span.start + part.start, span.start + part.stop)
+
+
+def _blend(cover: list[Piece], weighted: list[int], ry: _Run, rx: _Run) -> np.ndarray:
+    """Weighted mean of the pieces `weighted` (all of them, equally, when empty) over one run pair."""
+    equal = not weighted
+    chosen = range(len(cover)) if equal else weighted
+    ys, xs, parts = [], [], []
+    for k in chosen:
+        p = cover[k]
+        rows, cols = _within(p.rows, slice(ry.start, ry.stop)), _within(p.cols, slice(rx.start, rx.stop))
+        wy, wx = p.ramps  # type: ignore[misc]
+        # A weight that is 1 all along the run is passed as one value, so masks stay 1-D.
+        ys.append(wy.w[rows] if not equal and ry.regimes[k] == _RAMP else np.ones(1, np.float32))
+        xs.append(wx.w[cols] if not equal and rx.regimes[k] == _RAMP else np.ones(1, np.float32))
+        parts.append(p.tile[rows, cols])
+    shape = parts[0].shape[:2]
+    cell = Image.fromarray(parts[-1])
+    for src, mask in reversed(list(zip(parts[:-1], _inclusion_masks(ys, xs)))):  # K-2 .. 0
+        mask = np.ascontiguousarray(np.broadcast_to(mask, shape))
+        cell.paste(Image.fromarray(src), (0, 0), Image.fromarray(mask))
     return np.asarray(cell)
 
 
@@ -108,7 +133,7 @@ def nearest_cell(dst: np.ndarray, cover: list[Piece], tile_shape: tuple[int, int
     """Fill one cell with, at each pixel, the covering tile whose centre is nearest."""
     th, tw = tile_shape
     best = np.full(dst.shape[:2], np.inf, np.float32)  # squared distance to a tile centre
-    for tile, ty, tx in cover:
+    for tile, ty, tx, _ in cover:
         # Distances from pixel centres to the tile centre, in tile coordinates.
         dy = (np.arange(ty.start, ty.stop) + 0.5 - th / 2) ** 2
         dx = (np.arange(tx.start, tx.stop) + 0.5 - tw / 2) ** 2

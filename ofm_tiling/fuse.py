@@ -23,8 +23,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .backend import Mosaic
-from .blend import Piece, Ramp, blend_cell, feather_ramp, nearest_cell
+from .blend import Piece, feather_cell, nearest_cell
 from .memory import release_free_memory
+from .seams import SEAM_WIDTH, Ramp, tile_ramps
 
 __all__ = ["mosaic_shape", "fuse_bands", "fuse_mosaic"]
 
@@ -73,22 +74,6 @@ def mosaic_shape(positions: ArrayLike, tile_shape: tuple[int, int]) -> tuple[int
     return _extent(_offsets(positions), _check_tile_shape(tile_shape))
 
 
-def _overlap_widths(off: np.ndarray, tile_shape: tuple[int, int]) -> tuple[float, float]:
-    """Median overlap (pixels) of left/right and of top/bottom neighbours; 0 where none."""
-    th, tw = tile_shape
-    across, down = [np.empty(0)], [np.empty(0)]
-    for i in range(len(off) - 1):  # O(N^2) but vectorised per tile: ~60 ms for 2500 tiles
-        d = np.abs(off[i + 1 :] - off[i])
-        ox, oy = tw - d[:, 0], th - d[:, 1]  # extent of the shared rectangle
-        fx, fy = ox / tw, oy / th
-        # Left/right neighbours share most rows and a thin strip of columns; top/bottom the
-        # converse. Diagonal neighbours (small in both directions) are not edges.
-        across.append(ox[(ox > 0) & (fy > 0.5) & (fx <= fy)])
-        down.append(oy[(oy > 0) & (fx > 0.5) & (fy < fx)])
-    a, b = np.concatenate(across), np.concatenate(down)
-    return (float(np.median(a)) if a.size else 0.0, float(np.median(b)) if b.size else 0.0)
-
-
 @dataclass(frozen=True)
 class _Plan:
     """Everything the bands are made from, checked: integer tile offsets and the options."""
@@ -97,7 +82,7 @@ class _Plan:
     tile_shape: tuple[int, int]
     shape: tuple[int, int]                # of the mosaic: `mosaic_shape`
     band_height: int
-    ramps: tuple[Ramp, Ramp] | None     # (rows, columns) for "feather", None for "none"
+    ramps: list[tuple[Ramp, Ramp]] | None  # each tile's (rows, columns) for "feather"; None: "none"
     fill: int
     workers: int
 
@@ -114,11 +99,10 @@ def _plan(positions: ArrayLike, tile_shape: tuple[int, int], *, band_height: int
         raise ValueError(f"fill must be in 0..255, got {fill}")
     ramps = None
     if blend == "feather":
-        if feather_width is None:
-            across, down = _overlap_widths(off, (th, tw))
-        else:
-            across = down = float(feather_width)
-        ramps = (feather_ramp(th, down), feather_ramp(tw, across))
+        width = SEAM_WIDTH if feather_width is None else float(feather_width)
+        if not width > 0:
+            raise ValueError(f"feather_width must be positive, got {feather_width}")
+        ramps = tile_ramps(off, (th, tw), width=width)
     return _Plan(off, (th, tw), _extent(off, (th, tw)), int(band_height), ramps, int(fill), int(workers))
 
 
@@ -151,13 +135,14 @@ def fuse_bands(
     band_height : int, optional
         Rows per band (the last band may be shorter). Does not change the result.
     blend : {"feather", "none"}, optional
-        ``"feather"``: weighted mean of the overlapping tiles, each weighted by a raised-cosine
-        ramp from ~0 at its edges to 1 at `feather_width` pixels inside, which cross-fades
-        brightness and colour differences over the overlap. ``"none"``: each pixel from the
-        tile whose centre is nearest (hard seams, as openflexure-stitching produces).
+        ``"feather"``: neighbouring tiles cross-fade (raised cosine) over a zone of
+        `feather_width` pixels in the middle of their overlap, which hides brightness and colour
+        differences; elsewhere each pixel is its one tile's (see `ofm_tiling.seams`).
+        ``"none"``: each pixel from the tile whose centre is nearest (hard seams, as
+        openflexure-stitching produces).
     feather_width : float, optional
-        Ramp width in pixels. Default: the median overlap of left/right neighbours for the
-        ramps at left and right edges, and of top/bottom neighbours for the others.
+        Width of the cross-fade in pixels, capped by each overlap (default
+        `ofm_tiling.seams.SEAM_WIDTH`; ``numpy.inf`` cross-fades over whole overlaps).
     fill : int, optional
         Value of pixels no tile covers (default 0, black).
     workers : int, optional
@@ -357,14 +342,14 @@ def _fill_stripe(plan: _Plan, band: _Band, xa: int, xb: int) -> None:
     """Write columns ``xa:xb`` of the band: fill, then each cell from its tiles."""
     out = band.pixels
     out[:, xa:xb] = plan.fill
-    for cell in _cells(band, plan.off, plan.tile_shape, xa, xb):
+    for cell in _cells(band, plan, xa, xb):
         if len(cell.cover) == 1:
-            tile, ty, tx = cell.cover[0]
-            out[cell.rows, cell.cols] = tile[ty, tx]  # one tile: its weight cancels out
+            piece = cell.cover[0]
+            out[cell.rows, cell.cols] = piece.tile[piece.rows, piece.cols]  # one tile: its weight cancels out
         elif plan.ramps is None:
             nearest_cell(out[cell.rows, cell.cols], cell.cover, plan.tile_shape)
         else:
-            out[cell.rows, cell.cols] = blend_cell(cell.cover, plan.ramps)
+            feather_cell(out[cell.rows, cell.cols], cell.cover)
 
 
 class _Cell(NamedTuple):
@@ -375,24 +360,23 @@ class _Cell(NamedTuple):
     cover: list[Piece]
 
 
-def _cells(band: _Band, off: np.ndarray, tile_shape: tuple[int, int], xa: int, xb: int) -> Iterator[_Cell]:
+def _cells(band: _Band, plan: _Plan, xa: int, xb: int) -> Iterator[_Cell]:
     """Split columns ``xa:xb`` of the band along every tile edge into cells.
 
     Most of a mosaic is covered by a single tile, which can then be copied as is; only the
     overlaps need arithmetic.
     """
-    th, tw = tile_shape
+    (th, tw), off = plan.tile_shape, plan.off
     y0, y1 = band.y0, band.y1
-    placed = [(tile, int(off[i, 0]), int(off[i, 1])) for i, tile in band.tiles.items()
+    placed = [(i, tile, int(off[i, 0]), int(off[i, 1])) for i, tile in band.tiles.items()
               if off[i, 0] < xb and off[i, 0] + tw > xa]
-    xs = sorted({xa, xb, *(e for _, ox, _ in placed for e in (ox, ox + tw) if xa < e < xb)})
-    ys = sorted({y0, y1, *(e for _, _, oy in placed for e in (oy, oy + th) if y0 < e < y1)})
+    xs = sorted({xa, xb, *(e for _, _, ox, _ in placed for e in (ox, ox + tw) if xa < e < xb)})
+    ys = sorted({y0, y1, *(e for _, _, _, oy in placed for e in (oy, oy + th) if y0 < e < y1)})
     for ya, yb in zip(ys[:-1], ys[1:]):
-        in_rows = [t for t in placed if t[2] <= ya and t[2] + th >= yb]
+        in_rows = [t for t in placed if t[3] <= ya and t[3] + th >= yb]
         for xc, xd in zip(xs[:-1], xs[1:]):
-            cover = [Piece(tile, slice(ya - oy, yb - oy), slice(xc - ox, xd - ox))
-                     for tile, ox, oy in in_rows if ox <= xc and ox + tw >= xd]
+            cover = [Piece(tile, slice(ya - oy, yb - oy), slice(xc - ox, xd - ox),
+                           None if plan.ramps is None else plan.ramps[i])
+                     for i, tile, ox, oy in in_rows if ox <= xc and ox + tw >= xd]
             if cover:
                 yield _Cell(slice(ya - y0, yb - y0), slice(xc, xd), cover)
-
-

@@ -11,8 +11,8 @@ import tifffile
 from conftest import he_sample, psnr, real_fiji
 
 from ofm_tiling.backend import Mosaic
-from ofm_tiling.fuse import _overlap_widths, fuse_bands, fuse_mosaic, mosaic_shape
-from ofm_tiling.pixels import raised_cosine
+from ofm_tiling.fuse import fuse_bands, fuse_mosaic, mosaic_shape
+from ofm_tiling.seams import SEAM_WIDTH, tile_ramps
 
 TILE = (400, 520)  # (height, width)
 
@@ -102,22 +102,26 @@ def _exact_feather(tiles, positions, shape=TILE) -> tuple[np.ndarray, np.ndarray
     """The weighted mean fuse_bands approximates, in float64: same ramps, no rounding."""
     off = (positions - positions.min(0)).astype(int)
     h, w = mosaic_shape(positions, shape)
-    across, down = _overlap_widths(off, shape)
-    wy, wx = raised_cosine(shape[0], down).astype(float), raised_cosine(shape[1], across).astype(float)
     num, den = np.zeros((h, w, 3)), np.zeros((h, w))
-    for tile, (x, y) in zip(tiles, off):
-        weight = wy[:, None] * wx[None, :]
+    for tile, (x, y), (ry, rx) in zip(tiles, off, tile_ramps(off, shape)):
+        weight = ry.w.astype(float)[:, None] * rx.w.astype(float)[None, :]
         num[y : y + shape[0], x : x + shape[1]] += weight[..., None] * tile
         den[y : y + shape[0], x : x + shape[1]] += weight
     covered = den > 0
     return num[covered] / den[covered][:, None], covered
 
 
+# Overlaps of 80 x 70 px (narrower than the cross-fade: it spans them whole) and of 190 x 150 px
+# (a 128 px cross-fade in the middle of each, the tiles' own pixels around it).
+STEPS = [(440, 330), (330, 250)]
+
+
+@pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("band_height", [512, 37])
-def test_feather_is_the_weighted_mean_to_within_rounding(source, band_height):
+def test_feather_is_the_weighted_mean_to_within_rounding(source, band_height, step):
     """Overlaps (up to four tiles at the corners) are the exact feathered mean, up to the 8-bit
     rounding of each tile blended in: never more than about half a grey level per tile."""
-    pos = _grid(3, 3, jitter=12, seed=5)
+    pos = _grid(3, 3, step=step, jitter=12, seed=5)
     rng = np.random.default_rng(5)
     tiles = [np.clip(t * g, 0, 255).astype(np.uint8) for t, g in zip(_cut(source, pos), rng.uniform(0.7, 1.3, 9))]
     exact, covered = _exact_feather(tiles, pos)
@@ -131,9 +135,25 @@ def test_feather_is_the_weighted_mean_to_within_rounding(source, band_height):
     assert err[count == 2].max() <= 1.0
 
 
-def test_feathering_hides_a_gain_step():
+def test_wide_overlaps_keep_the_tiles_own_pixels_outside_a_narrow_cross_fade(source):
+    """With overlaps far wider than the cross-fade, a pixel is either one tile's own value or lies
+    in the cross-fade zone, which is centred in its overlap and no wider than SEAM_WIDTH."""
+    pos = _grid(1, 2, step=(220, 330), jitter=0)  # 300 px overlap
+    tiles = [np.clip(t * g, 0, 255).astype(np.uint8) for t, g in zip(_cut(source, pos), (0.8, 1.2))]
+    fused = _fuse(tiles, pos).astype(int)
+    own_a = (fused[:, :TILE[1]] == tiles[0]).all(axis=(0, 2))
+    own_b = np.zeros(fused.shape[1], bool)
+    own_b[220:] = (fused[:, 220:] == tiles[1]).all(axis=(0, 2))
+    mixed = np.flatnonzero(~(np.pad(own_a, (0, fused.shape[1] - TILE[1])) | own_b))
+    print(f"cross-fade columns {mixed.min()}..{mixed.max()}")
+    assert len(mixed) <= SEAM_WIDTH and mixed.min() > 220 and mixed.max() < TILE[1]
+    assert abs((mixed.min() + mixed.max()) / 2 - (220 + TILE[1]) / 2) <= 1  # centred in the overlap
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_feathering_hides_a_gain_step(step):
     grey = np.full((1200, 1400, 3), 150, np.uint8)
-    pos = _grid(2, 2, jitter=0)  # no uncovered corners: every step is a seam
+    pos = _grid(2, 2, step=step, jitter=0)  # no uncovered corners: every step is a seam
     tiles = _cut(grey, pos)
     gains = [0.8, 1.2, 1.2, 0.8]  # checkerboard of exposures, as from auto-exposure drift
     tiles = [np.round(t * g).astype(np.uint8) for t, g in zip(tiles, gains)]
@@ -143,7 +163,7 @@ def test_feathering_hides_a_gain_step():
         steps[blend] = max(np.abs(np.diff(m, axis=0)).max(), np.abs(np.diff(m, axis=1)).max())
     print(f"largest step between neighbouring pixels: {steps}")
     assert steps["none"] >= 55  # 150 * (1.2 - 0.8) = 60 at a hard seam
-    assert steps["feather"] <= 3  # spread over the 70-80 px overlaps
+    assert steps["feather"] <= 3  # spread over the 70-80 px overlaps, or the 128 px cross-fade
 
 
 def test_feathering_hides_gain_steps_in_tissue(source):
@@ -194,16 +214,6 @@ def test_uncovered_pixels_get_the_fill_value():
         assert m.shape == (22, 25, 3)
         assert (m[:10, :10] == 100).all() and (m[12:, 15:] == 100).all()
         assert (m[:10, 12:] == fill).all() and (m[12:, :15] == fill).all()
-
-
-def test_overlap_width_estimate():
-    pos = _grid(4, 5, step=(440, 330), jitter=0)
-    # left/right overlap 520 - 440 = 80, top/bottom 400 - 330 = 70
-    assert _overlap_widths(pos.astype(int), TILE) == (80.0, 70.0)
-    pos = _grid(1, 3, step=(440, 330), jitter=20, seed=1).astype(int)
-    across, down = _overlap_widths(pos, TILE)
-    assert 60 <= across <= 100 and down == 0.0  # one row: no top/bottom neighbours
-    assert _overlap_widths(np.array([[0, 0], [1000, 0]]), TILE) == (0.0, 0.0)
 
 
 def test_each_tile_decoded_once_and_released_as_bands_pass():
