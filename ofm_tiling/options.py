@@ -23,6 +23,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "fiji_layout": ("positions", "grid"),
     "compression": ("jpeg", "deflate", "none"),
 }
+#: What a tile can hold: 8-bit RGB, 8-bit grey or 16-bit grey. The mosaic keeps the tiles' type.
+PIXEL_TYPES = ("rgb8", "grey8", "grey16")
+
 QUALITY_RANGE = (1, 100)
 #: JPEG quality of the mosaic's RGB tiles: colour within 42 dB of the exact mosaic (quality 80 gave
 #: 38 dB on a whole H&E slide but under 34 dB on dense tissue tiles; benchmarks/jpeg_colour.py).

@@ -9,10 +9,9 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["PIXEL_TYPES", "LUMA", "luma", "raised_cosine", "block_mean", "halve_u8", "ncc"]
+from .options import PIXEL_TYPES  # re-exported: pixel rules and pixel types side by side
 
-#: What a tile can hold: 8-bit RGB, 8-bit grey or 16-bit grey. The mosaic keeps the tiles' type.
-PIXEL_TYPES = ("rgb8", "grey8", "grey16")
+__all__ = ["PIXEL_TYPES", "LUMA", "luma", "raised_cosine", "block_mean", "halve_u8", "ncc"]
 
 #: ITU-R 601 luma weights, as Pillow's "L" mode (so our luminance equals Pillow's decode).
 LUMA = (0.299, 0.587, 0.114)

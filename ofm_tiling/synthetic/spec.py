@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from ..pixels import PIXEL_TYPES
+from ..options import PIXEL_TYPES
 
 KINDS = ("smart-stack", "flat", "tileconfig")
 TILE_FORMATS = ("jpeg", "png", "tiff")
