@@ -9,7 +9,8 @@ match wins:
    `ofm_tiling.scan`). JPEGs also lying directly in the folder are ignored, with a note.
 3. **flat** — JPEGs lie directly in the folder (any names), carrying OFM metadata. Images at the
    same x-y stage position form one stack (a position), ordered in z like a smart-stack's.
-   Images without a stage position are a position each (lay them out with ``grid``).
+   Images without a stage position are a position each (lay them out with ``grid``); JPEGs
+   without OFM metadata beside a ``TileConfiguration.txt`` are a TileConfiguration folder.
 4. **tileconfig** — the folder holds ``TileConfiguration.txt`` (2-D, tiles named in it,
    positions in pixels; any microscope, no metadata needed). Fiji's ``*.registered.txt`` files
    beside it are not the layout.
@@ -145,11 +146,16 @@ def _contents(root: Path, skip: tuple[str | os.PathLike, ...]) -> _Contents:
     return found
 
 
+def _has_ofm_metadata(path: Path) -> bool:
+    try:
+        return read_metadata(path).layout not in ("none", "unknown")
+    except (HeaderError, OSError):
+        return False
+
+
 def find_kind(root: str | os.PathLike, *, layout: str | os.PathLike | None = None,
               skip: tuple[str | os.PathLike, ...] = ()) -> str:
-    """Which of `KINDS` the folder is (rules in the module docstring), reading only file names.
-
-    A folder of top-level JPEGs is ``"flat"`` here; `read_source` then checks their metadata.
+    """Which of `KINDS` the folder is (rules in the module docstring), reading names and JPEG headers.
 
     Raises
     ------
@@ -164,7 +170,7 @@ def _kind_of(root: Path, found: _Contents, layout: str | os.PathLike | None) -> 
         return "tileconfig"
     if found.jpeg_folders:
         return "smart-stack"
-    if found.jpegs:
+    if found.jpegs and (found.layout is None or any(_has_ofm_metadata(p) for p in found.jpegs)):
         return "flat"
     if found.layout is not None:
         return "tileconfig"
@@ -194,23 +200,14 @@ def read_source(root: str | os.PathLike, *, layout: str | os.PathLike | None = N
         notes = [f"{p}: ignored (a JPEG directly in a smart-stack scan folder)" for p in found.jpegs]
         source = TileSource(kind, root, scan=read_scan(root, skip=skip), notes=notes)
     elif kind == "flat":
-        source = _flat_source(root, found)
+        notes = [f"{found.layout}: not used (the folder is a flat OFM scan; give it as layout to use it)"] \
+            if found.layout is not None else []
+        source = TileSource(kind, root, scan=read_flat(root, found.jpegs), notes=notes)
     else:
         layout_file = Path(layout) if layout is not None else found.layout
         assert layout_file is not None
         source = TileSource(kind, root, tiles=read_tile_list(root, layout_file))
     return source
-
-
-def _flat_source(root: Path, found: _Contents) -> TileSource:
-    notes = [f"{found.layout}: not used (the folder is a flat OFM scan; give it as layout to use it)"] \
-        if found.layout is not None else []
-    scan = read_flat(root, found.jpegs)
-    if not any(im.layout not in ("none", "unknown") for p in scan.positions for im in p.images) \
-            and found.layout is not None:
-        # JPEGs of another microscope beside a TileConfiguration: the TileConfiguration lays them out.
-        return TileSource("tileconfig", root, tiles=read_tile_list(root, found.layout))
-    return TileSource("flat", root, scan=scan, notes=notes)
 
 
 # --- flat OFM scans ---------------------------------------------------------------------------

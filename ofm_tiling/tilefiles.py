@@ -12,12 +12,13 @@ Pillow mode                                 pixel type  note
 ``L``                                       ``grey8``
 ``I;16``, ``I;16B``, ``I;16L``              ``grey16``
 ``I`` of a PNG (16-bit PNG in some Pillow)  ``grey16``
-anything else (palette, 1-bit, 32-bit…)     error       one line naming the file and its mode
+16-bit RGB, palette, 1-bit, 32-bit, float   error       one line naming the file and its mode
 =========================================  ==========  =====================================
 """
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +82,11 @@ def read_tile_header(path: str | os.PathLike) -> TileHeader:
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            mode, fmt, (width, height) = im.mode, im.format or "", im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about damaged TIFF tags; the error below says it
+            with Image.open(path) as im:
+                mode, fmt, (width, height) = im.mode, im.format or "", im.size
+                raw = [t.args[0] if isinstance(t.args, tuple) else t.args for t in im.tile]
     except FileNotFoundError:
         raise OfmTilingError(path, "file not found") from None
     except UnidentifiedImageError:
@@ -92,6 +96,8 @@ def read_tile_header(path: str | os.PathLike) -> TileHeader:
     if fmt not in _USE_SUFFIX:
         raise OfmTilingError(path, f"is a {fmt} image; tiles must be JPEG, PNG or TIFF")
     pixel_type = _PIXEL_TYPE.get(mode) or ("grey16" if mode == "I" and fmt == "PNG" else None)
+    if mode in ("RGB", "RGBA") and any(";16" in str(r) for r in raw):
+        pixel_type, mode = None, "16-bit RGB"  # Pillow reads it as 8-bit: refused rather than cut to 8 bits
     if pixel_type is None:
         raise OfmTilingError(path, f"pixel mode {mode} is not supported (tiles must be {_SUPPORTED})")
     note = "its alpha channel is ignored" if mode == "RGBA" else None
