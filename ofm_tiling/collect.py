@@ -312,6 +312,8 @@ def _collect_scan(folder: Path, scan: Scan, *, select: str, link: bool, strict: 
     headers = [read_tile_header(t.source) for t in plan.tiles]
     check_same_kind(headers)
     write_use(folder, plan, root=scan.root, failed=scan.failed, focus=focus, link=link, workers=workers)
+    if focus == "edf":  # the fused tiles are new images: their own header says what they hold
+        headers = [read_tile_header(folder / plan.tiles[0].name)]
     return Collection(scan.root, folder, plan.tiles, plan.tile_shape, plan.positions, plan.pixel_size_um,
                       plan.order, plan.layout, scan.failed, notes, pixel_type=headers[0].pixel_type)
 
