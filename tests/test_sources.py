@@ -241,3 +241,10 @@ def test_grey16_tiles_place_to_the_targets(copy_scan):
     placement = BuiltinBackend().place(c, workers=2, show_progress=False)
     err = placement_errors(placement.positions, truth.true_xy_array())
     assert np.median(err) <= 0.3 and err.max() <= 1.0, err
+
+
+def test_pixel_type_is_that_of_the_tiles_in_use(copy_scan):
+    """Grey smart-stack planes are grey8; an all-in-focus fusion writes colour JPEGs, so rgb8."""
+    scan, _ = copy_scan("grey-edf", pixel_type="grey8", planes=3, **SMALL_GRID)
+    assert collect(scan).pixel_type == "grey8"
+    assert collect(scan, focus="edf").pixel_type == "rgb8"
