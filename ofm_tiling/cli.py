@@ -35,7 +35,8 @@ def _add_selection_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_collect_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scan", type=Path, help="smart-stack scan folder (holds data.json and one folder per position)")
+    p.add_argument("scan", type=Path, help="scan folder: a smart-stack scan, a flat OFM scan (JPEGs with OFM metadata) "
+                                           "or tiles with a TileConfiguration.txt")
     _add_selection_options(p)
     p.add_argument("--use", type=Path, default=None, metavar="DIR",
                    help="folder for the collected tiles (default SCAN/use)")
@@ -46,6 +47,11 @@ def _add_collect_options(p: argparse.ArgumentParser) -> None:
                    help="lay tiles out on this grid (row by row) instead of by stage position")
     p.add_argument("--overlap", type=float, metavar="F", help="overlap fraction for --grid, e.g. 0.3")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def _add_layout_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", type=Path, default=None, metavar="FILE",
+                   help="a Fiji TileConfiguration.txt kept elsewhere; its tile names are relative to SCAN")
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -71,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="copy the image to use of every position into SCAN/use, Fiji-ready")
     _add_collect_options(p)
+    _add_layout_option(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="same as --use")
 
     p = sub.add_parser("stitch", help="collect, then stitch into one pyramidal OME-TIFF mosaic")
     _add_collect_options(p)
+    _add_layout_option(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output folder (default SCAN/stitched)")
     _add_output_options(p)
@@ -134,7 +142,7 @@ def _setup_logging(quiet: bool) -> tuple:
 
 def _collect_options(args: argparse.Namespace) -> CollectOptions:
     return CollectOptions(select=args.select, focus=args.focus, link=args.link, strict=args.strict, grid=args.grid,
-                          overlap=args.overlap, workers=args.workers)
+                          overlap=args.overlap, workers=args.workers, layout=getattr(args, "layout", None))
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -144,7 +152,8 @@ def _run_collect(args: argparse.Namespace) -> int:
     options.check()
     out = args.out or args.use
     result = collect(args.scan, out=out, select=options.select, link=options.link, strict=options.strict,
-                     grid=options.grid, overlap=options.overlap, focus=options.focus, workers=options.workers)
+                     grid=options.grid, overlap=options.overlap, focus=options.focus, workers=options.workers,
+                     layout=options.layout)
     if not args.quiet:
         print(f"Collected {len(result.tiles)} tiles ({result.tile_shape[1]}x{result.tile_shape[0]}) "
               f"into {result.use_dir}")

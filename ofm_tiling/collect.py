@@ -5,11 +5,8 @@ The pipeline's first stage: scan → selection → order → layout → ``use/``
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -17,21 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OfmTilingError
+from .errors import OfmTilingError, OptionError
 from .files import FolderSwap, ScanLock, check_output_dir, recover
 from .focus import survey_stacks
 from .layout import grid_positions, scan_order, stage_to_pixels
 from .metadata import ImageMetadata
 from .options import CollectOptions
-from .scan import OWN_OUTPUT, FailedPosition, Scan, natural_key, read_scan
+from .scan import OWN_OUTPUT, FailedPosition, Scan, natural_key
 from .selection import Selection, select_image
-from .tileconfig import format_tile_configuration
+from .sources import TileList, TileSource, read_source
+from .tilefiles import check_same_kind, read_tile_header, use_suffix
+from .usefolder import FAILURE_REPORT, TILE_CONFIGURATION, TILES_CSV, failure_text, tiles_csv, write_use
+
+__all__ = ["Collection", "Tile", "TilePlan", "collect", "collect_into", "plan_tiles", "plan_listed", "focus_survey",
+           "tile_name_width", "FAILURE_REPORT", "TILE_CONFIGURATION", "TILES_CSV", "failure_text", "tiles_csv",
+           "write_use"]
 
 log = logging.getLogger("ofm_tiling")
 
-TILE_CONFIGURATION = "TileConfiguration.txt"
-TILES_CSV = "tiles.csv"
-FAILURE_REPORT = "scan-failure.txt"
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Collection:
     layout: str
     failed: list[FailedPosition]
     notes: list[str] = field(default_factory=list)
-    kind: str = "smart-stack"  # what the input folder was, see `ofm_tiling.scan`
+    kind: str = "smart-stack"  # what the input folder was, one of `ofm_tiling.sources.KINDS`
     pixel_type: str = "rgb8"  # one of `ofm_tiling.pixels.PIXEL_TYPES`; every tile has it
 
     @property
@@ -106,7 +106,7 @@ def _drop_foreign(scan: Scan, selections: list[Selection]) -> tuple[Scan, list[S
         return scan, selections, []  # no clear scan size, or nothing foreign: _check_sizes decides
     keep = [k for k, size in enumerate(sizes)
             if size == common or any(im.layout != "none" for im in scan.positions[k].images)]
-    notes = [f"{scan.positions[k].folder}: ignored (its images are {sizes[k][0]}x{sizes[k][1]}, the scan's are "
+    notes = [f"{scan.positions[k].where}: ignored (its images are {sizes[k][0]}x{sizes[k][1]}, the scan's are "
              f"{common[0]}x{common[1]}: not part of this scan)" for k in range(len(sizes)) if k not in keep]
     return replace(scan, positions=[scan.positions[k] for k in keep]), [selections[k] for k in keep], notes
 
@@ -170,6 +170,18 @@ def _tile_order(selections: list[Selection], times: list, xy_stage: np.ndarray |
             "folder names (no capture time or stage position in the metadata)")
 
 
+def _grid_layout(n: int, grid: tuple[int, int], overlap: float | None, tile_shape: tuple[int, int],
+                 root: Path, *, snake: bool = False) -> np.ndarray:
+    cols, rows = grid
+    if n > cols * rows:
+        raise OfmTilingError(root, f"{n} positions do not fit the {cols}x{rows} grid")
+    return grid_positions(n, cols=cols, rows=rows, tile_shape=tile_shape, overlap=float(overlap or 0), snake=snake)
+
+
+def _grid_description(grid: tuple[int, int], overlap: float | None) -> str:
+    return f"grid {grid[0]}x{grid[1]}, overlap {overlap:g} (grid)"
+
+
 def plan_tiles(scan: Scan, selections: list[Selection], *, grid: tuple[int, int] | None = None,
                overlap: float | None = None, snake: bool = False) -> TilePlan:
     """Order the selected images, give them names and positions (no I/O)."""
@@ -181,17 +193,14 @@ def plan_tiles(scan: Scan, selections: list[Selection], *, grid: tuple[int, int]
         layout = "stage positions through the camera-stage mapping"
     else:
         _check_calibration(selections)
-        xy_stage, layout = None, f"grid {grid[0]}x{grid[1]}, overlap {overlap:g} (grid)"
+        xy_stage, layout = None, _grid_description(grid, overlap)
     order, order_source = _tile_order(selections, times, xy_stage, tile_shape)
     n = len(selections)
     if xy_stage is not None:
         positions = xy_stage[order]
     else:
-        cols, rows = grid  # type: ignore[misc]  # grid is set when there is no stage layout
-        if n > cols * rows:
-            raise OfmTilingError(scan.root, f"{n} positions do not fit the {cols}x{rows} grid")
-        positions = grid_positions(n, cols=cols, rows=rows, tile_shape=tile_shape, overlap=float(overlap or 0),
-                                   snake=snake)
+        assert grid is not None  # set when there is no stage layout
+        positions = _grid_layout(n, grid, overlap, tile_shape, scan.root, snake=snake)
     width = tile_name_width(n)
     tiles = []
     for k, idx in enumerate(order):
@@ -203,13 +212,33 @@ def plan_tiles(scan: Scan, selections: list[Selection], *, grid: tuple[int, int]
     return TilePlan(tiles, positions, order_source, layout, tile_shape, pixel)
 
 
+def plan_listed(listing: TileList, *, grid: tuple[int, int] | None = None, overlap: float | None = None) -> TilePlan:
+    """Name and place the tiles of a TileConfiguration folder, in the file's order (no I/O).
+
+    Positions are the file's, unless `grid` lays the tiles out row by row with `overlap`. Tiles
+    keep their format in ``use/`` (``00.tif``, ``01.png``…; JPEGs are ``.jpeg`` as ever).
+    """
+    n, first = len(listing.tiles), listing.tiles[0].header
+    if grid is None:
+        positions, layout = listing.positions, f"positions in {listing.layout_file}"
+    else:
+        positions, layout = _grid_layout(n, grid, overlap, first.shape, listing.root), _grid_description(grid, overlap)
+    width = tile_name_width(n)
+    tiles = [Tile(f"{k:0{width}d}{use_suffix(t.header)}", t.path, t.name, 0, None, None,
+                  (float(positions[k, 0]), float(positions[k, 1])), f"line {t.line} of {listing.layout_file.name}")
+             for k, t in enumerate(listing.tiles)]
+    return TilePlan(tiles, positions, f"line order in {listing.layout_file.name}", layout, first.shape, None)
+
+
 def focus_survey(tiles: list[Tile], *, workers: int | None = None) -> list[dict]:
     """Focus verdict of every position's stack (for the report), see `ofm_tiling.focus.survey_stack`.
 
     Flags positions whose tagged plane is not the sharpest and stacks without a clear focus peak,
     so a user sees where autofocus failed. Stacks whose JPEG sizes settle the verdict are not
-    decoded; the others are decoded at 1/8 resolution.
+    decoded; the others are decoded at 1/8 resolution. Tiles without a stack (TileConfiguration
+    folders) have no row.
     """
+    tiles = [t for t in tiles if t.stack]
     surveys = survey_stacks([t.stack for t in tiles], [t.tagged_plane for t in tiles], workers=workers)
     rows = []
     for t, s in zip(tiles, surveys):
@@ -221,83 +250,14 @@ def focus_survey(tiles: list[Tile], *, workers: int | None = None) -> list[dict]
     return rows
 
 
-# --- writing use/ ----------------------------------------------------------------------------
-
-def tiles_csv(tiles: list[Tile], root: Path) -> str:
-    """The ``tiles.csv`` text: one row per tile, mapping its name to its source and position."""
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(["tile", "source", "position_folder", "plane", "stage_x", "stage_y", "stage_z",
-                "capture_time", "x_px", "y_px", "selected_by"])
-    for t in tiles:
-        st = t.stage or ("", "", "")
-        w.writerow([t.name, t.source.relative_to(root).as_posix() if t.source.is_relative_to(root) else str(t.source),
-                    t.position, t.plane, *[f"{v:g}" if isinstance(v, float) else "" for v in st],
-                    t.time.isoformat() if t.time else "", f"{t.xy[0]:.3f}", f"{t.xy[1]:.3f}", t.reason])
-    return out.getvalue()
-
-
-def failure_text(failed: list[FailedPosition]) -> str:
-    """The ``scan-failure.txt`` text: every failed position's data.json, whole and readable."""
-    lines = ["The scan did not complete. Positions without images and what their data.json says:"]
-    for f in failed:
-        lines += ["", f"{f.folder.name}/data.json:", *("  " + line for line in f.details)]
-    return "\n".join(lines) + "\n"
-
-
-def write_edf_tile(tile: Tile, target: Path, *, workers: int | None = None, quality: int = 98) -> None:
-    """Fuse a position's stack into one all-in-focus JPEG that keeps the chosen plane's EXIF."""
-    from PIL import Image
-
-    from .allinfocus import edf_from_paths
-
-    fused = edf_from_paths(list(tile.stack), workers=workers or os.cpu_count() or 1)
-    with Image.open(tile.source) as src:
-        exif = src.info.get("exif", b"")
-    # Near-lossless and without chroma subsampling, so the fused tile loses nothing visible to re-encoding.
-    Image.fromarray(fused).save(target, format="JPEG", quality=quality, subsampling=0, exif=exif)
-    tile.reason += "; all-in-focus fusion of the stack"
-
-
-def _copy_tile(tile: Tile, target: Path, *, link: bool) -> None:
-    if link:
-        try:
-            os.link(tile.source, target)
-            return
-        except OSError as exc:
-            raise OfmTilingError(target, f"cannot hard-link to {tile.source} ({exc.strerror}); "
-                                         "collect without link to copy instead") from None
-    try:
-        shutil.copyfile(tile.source, target)
-    except OSError as exc:
-        if exc.filename in (str(tile.source), tile.source):
-            raise OfmTilingError(tile.source, f"cannot read ({exc.strerror})") from None
-        raise OfmTilingError(target, f"cannot write ({exc.strerror})") from None
-
-
-def write_use(folder: Path, scan: Scan, plan: TilePlan, *, focus: str = "central", link: bool = False,
-              workers: int | None = None) -> None:
-    """Write the tiles, ``TileConfiguration.txt``, ``tiles.csv`` and any failure report into `folder`."""
-    for t in plan.tiles:
-        if focus == "edf":
-            write_edf_tile(t, folder / t.name, workers=workers)
-        else:
-            _copy_tile(t, folder / t.name, link=link)
-    try:
-        (folder / TILE_CONFIGURATION).write_text(format_tile_configuration([t.name for t in plan.tiles],
-                                                                           plan.positions), encoding="utf-8")
-        (folder / TILES_CSV).write_text(tiles_csv(plan.tiles, scan.root), encoding="utf-8")
-        if scan.failed:
-            (folder / FAILURE_REPORT).write_text(failure_text(scan.failed), encoding="utf-8")
-    except OSError as exc:
-        raise OfmTilingError(exc.filename or folder, f"cannot write ({exc.strerror})") from None
-
-
 # --- the stage -------------------------------------------------------------------------------
 
 def _scan_notes(scan: Scan, selections: list[Selection], *, strict: bool) -> list[str]:
     """Notes on ignored folders, damaged files and failed positions; with `strict`, errors instead."""
     if strict:
+        damaged_files = [(path, why) for path, why in scan.ignored if path.is_file()]  # flat scans
+        if damaged_files:
+            raise OfmTilingError(*damaged_files[0])
         if scan.failed:
             raise OfmTilingError(scan.failed[0].folder, f"scan is incomplete: {scan.failed[0].report}")
         damaged = [d for s in selections for d in s.damaged]
@@ -312,10 +272,11 @@ def _scan_notes(scan: Scan, selections: list[Selection], *, strict: bool) -> lis
     return notes
 
 
-def collect_into(folder: str | os.PathLike, scan: str | os.PathLike | Scan, *, select: str = "tag",
+def collect_into(folder: str | os.PathLike, scan: str | os.PathLike | Scan | TileSource, *, select: str = "tag",
                  link: bool = False, strict: bool = False, grid: tuple[int, int] | None = None,
                  overlap: float | None = None, skip: tuple[str | os.PathLike, ...] = (),
-                 focus: str = "central", workers: int | None = None) -> Collection:
+                 focus: str = "central", workers: int | None = None,
+                 layout: str | os.PathLike | None = None) -> Collection:
     """Collect a scan into `folder`, an existing empty staging folder the caller puts in place.
 
     Reads the scan, selects, checks, orders and lays out the tiles, and writes them with their
@@ -323,32 +284,67 @@ def collect_into(folder: str | os.PathLike, scan: str | os.PathLike | Scan, *, s
     `Collection` has ``use_dir=folder``; a caller that renames the folder into place afterwards
     (`ofm_tiling.files.FolderSwap`) replaces ``use_dir`` with the final name
     (``dataclasses.replace``). Parameters as for `collect`; `skip` should name the final folder
-    when it lies inside the scan. `scan` is the scan folder or a `Scan` already read (then `skip`
-    is not used).
+    when it lies inside the scan. `scan` is the scan folder, or what `ofm_tiling.sources.read_source`
+    or `ofm_tiling.scan.read_scan` read from it (then `skip` and `layout` are not used).
     """
-    CollectOptions(select=select, focus=focus, grid=grid, overlap=overlap).check()
+    CollectOptions(select=select, focus=focus, grid=grid, overlap=overlap, layout=layout).check()
     folder = Path(folder)
-    if not isinstance(scan, Scan):
-        scan = read_scan(scan, skip=(folder, *skip))
+    if isinstance(scan, Scan):
+        scan = TileSource("flat" if any(p.label for p in scan.positions) else "smart-stack", scan.root, scan=scan)
+    elif not isinstance(scan, TileSource):
+        scan = read_source(scan, layout=layout, skip=(folder, *skip))
+    if scan.tiles is not None:
+        result = _collect_listed(folder, scan.tiles, grid=grid, overlap=overlap, link=link, focus=focus)
+    else:
+        assert scan.scan is not None
+        result = _collect_scan(folder, scan.scan, select=select, link=link, strict=strict, grid=grid,
+                               overlap=overlap, focus=focus, workers=workers)
+    return replace(result, kind=scan.kind, notes=scan.notes + result.notes)
+
+
+def _collect_scan(folder: Path, scan: Scan, *, select: str, link: bool, strict: bool, grid: tuple[int, int] | None,
+                  overlap: float | None, focus: str, workers: int | None) -> Collection:
+    """Smart-stack and flat scans: one image of every position, positions from the stage."""
     selections = [select_image(p, mode=select) for p in scan.positions]
     scan, selections, foreign = _drop_foreign(scan, selections)
     notes = foreign + _scan_notes(scan, selections, strict=strict)
     plan = plan_tiles(scan, selections, grid=grid, overlap=overlap)
-    write_use(folder, scan, plan, focus=focus, link=link, workers=workers)
+    headers = [read_tile_header(t.source) for t in plan.tiles]
+    check_same_kind(headers)
+    write_use(folder, plan, root=scan.root, failed=scan.failed, focus=focus, link=link, workers=workers)
+    if focus == "edf":  # the fused tiles are new images: their own header says what they hold
+        headers = [read_tile_header(folder / plan.tiles[0].name)]
     return Collection(scan.root, folder, plan.tiles, plan.tile_shape, plan.positions, plan.pixel_size_um,
-                      plan.order, plan.layout, scan.failed, notes)
+                      plan.order, plan.layout, scan.failed, notes, pixel_type=headers[0].pixel_type)
+
+
+def _collect_listed(folder: Path, listing: TileList, *, grid: tuple[int, int] | None, overlap: float | None,
+                    link: bool, focus: str) -> Collection:
+    """TileConfiguration folders: every listed tile, positions from the file (or the grid)."""
+    if focus == "edf":
+        raise OptionError("focus", "'edf' needs a stack of images per position; "
+                                   f"{listing.layout_file.name} names one image per tile")
+    plan = plan_listed(listing, grid=grid, overlap=overlap)
+    write_use(folder, plan, root=listing.root, link=link)
+    alpha = [t.path.name for t in listing.tiles if t.header.note]
+    notes = [f"{listing.root}: {len(alpha)} tile(s) have an alpha channel (e.g. {name}); it is ignored"
+             for name in alpha[:1]]
+    return Collection(listing.root, folder, plan.tiles, plan.tile_shape, plan.positions, None, plan.order,
+                      plan.layout, [], notes, pixel_type=listing.tiles[0].header.pixel_type)
 
 
 def collect(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, select: str = "tag",
             link: bool = False, strict: bool = False, grid: tuple[int, int] | None = None,
             overlap: float | None = None, skip: tuple[str | os.PathLike, ...] = (),
-            focus: str = "central", workers: int | None = None) -> Collection:
+            focus: str = "central", workers: int | None = None,
+            layout: str | os.PathLike | None = None) -> Collection:
     """Collect the image to use of every position into a Fiji-ready folder.
 
     Parameters
     ----------
     scan_dir : path
-        The smart-stack scan folder.
+        The scan folder: a smart-stack scan, a flat OFM scan or a folder of tiles with a
+        ``TileConfiguration.txt`` (see `ofm_tiling.sources`).
     out : path, optional
         Where to write the tiles (default ``scan_dir/use``). Replaced as a whole on every run.
     select : {"tag", "sharpest"}
@@ -369,21 +365,25 @@ def collect(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None
         field) image fused from the whole stack, as a JPEG carrying the chosen plane's EXIF.
     workers : int, optional
         Threads for all-in-focus fusion (default: all cores).
+    layout : path, optional
+        A TileConfiguration file kept elsewhere, laying out tiles of `scan_dir`: its tile names
+        are looked up relative to `scan_dir`.
 
     Returns
     -------
     Collection
     """
-    CollectOptions(select=select, focus=focus, grid=grid, overlap=overlap).check()
+    CollectOptions(select=select, focus=focus, grid=grid, overlap=overlap, layout=layout).check()
     out_dir = check_output_dir(Path(out) if out is not None else Path(scan_dir) / "use", parameter="out")
-    scan = read_scan(scan_dir, skip=(out_dir, *skip))  # before anything is written
+    source = read_source(scan_dir, layout=layout, skip=(out_dir, *skip))  # before anything is written
     with ScanLock(out_dir.parent):
         for note in recover(out_dir.parent, [out_dir]):
             log.warning(note)
         with FolderSwap([out_dir], journal_dir=out_dir.parent) as swap:
-            result = collect_into(swap.staging(out_dir), scan, select=select, link=link, strict=strict, grid=grid,
+            result = collect_into(swap.staging(out_dir), source, select=select, link=link, strict=strict, grid=grid,
                                   overlap=overlap, focus=focus, workers=workers)
             swap.commit()
+    log.info(f"found: {source.summary}")
     for note in result.notes:
         log.warning(note)
     return replace(result, use_dir=out_dir)

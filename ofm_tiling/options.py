@@ -66,6 +66,7 @@ class CollectOptions:
     grid: tuple[int, int] | None = None
     overlap: float | None = None
     workers: int | None = None
+    layout: str | os.PathLike | None = None  # a TileConfiguration kept elsewhere; tile names relative to the scan
 
     def check(self) -> None:
         """Raise `OptionError` for the first value that cannot work."""
@@ -83,6 +84,8 @@ class CollectOptions:
             raise OptionError("overlap", "is used only with grid (tiles without stage positions)")
         if self.workers is not None:
             _check_int("workers", self.workers, 1)
+        if self.layout is not None and not Path(self.layout).is_file():
+            raise OptionError("layout", f"names no file: {self.layout}")
 
     def thread_count(self) -> int:
         """Worker threads to use: the option, else every core."""

@@ -21,16 +21,26 @@ OWN_OUTPUT = "written by ofm-tiling"  # why a folder holding MARKER is passed ov
 
 @dataclass
 class Position:
-    """One x-y position: its folder, its images (in focus order, see `z_order`) and its data.json."""
+    """One x-y position: its folder, its images (in focus order, see `z_order`) and its data.json.
+
+    A position of a flat scan (`ofm_tiling.sources`) shares the scan's folder with the others and
+    is named by its `label` (its stage position) instead of its folder.
+    """
 
     folder: Path
     images: list[ImageMetadata]
     data: dict | None = None
     damaged: list[tuple[Path, str]] = field(default_factory=list)
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        return self.folder.name
+        return self.folder.name if self.label is None else self.label
+
+    @property
+    def where(self) -> Path:
+        """The path that names this position in messages: its folder, or a flat position's first image."""
+        return self.images[0].path if self.label is not None and self.images else self.folder
 
 
 @dataclass

@@ -82,13 +82,17 @@ def select_image(position: Position, *, mode: str = "tag") -> Selection:
     ``mode="tag"`` takes the single image tagged ``central_image``; when none or several are
     tagged, the metadata is unreadable, or the tagged image is damaged, it falls back to the
     sharpest readable plane by a focus measure on a reduced-resolution decode. ``mode="sharpest"``
-    always uses the focus measure. Damaged planes are left out, each with a note.
+    always uses the focus measure. Damaged planes are left out, each with a note. A flat scan's
+    position holding a single untagged image uses it (nothing to choose from, no note).
     """
+    lone = position.images[0] if len(position.images) == 1 else None
+    if position.label is not None and lone is not None and lone.complete and not position.damaged:
+        return Selection(position, lone, 0, "the only image at this x-y position", stack=(lone,))
     damaged = list(position.damaged)
     stack = [im for im in position.images if im.complete]
     damaged += [(im.path, "JPEG is truncated (no end-of-image marker)") for im in position.images if not im.complete]
     if not stack:
-        raise OfmTilingError(position.folder, "no readable JPEG image in this position")
+        raise OfmTilingError(position.where, "no readable JPEG image in this position")
     tagged = [im for im in position.images if im.is_central]
     if mode == "tag" and len(tagged) == 1 and tagged[0].complete:
         s = Selection(position, tagged[0], stack.index(tagged[0]), "tagged central_image", stack=tuple(stack))

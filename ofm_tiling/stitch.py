@@ -21,7 +21,7 @@ import numpy as np
 from .files import FolderSwap, ScanLock, check_output_dir, recover
 from .options import StitchOptions
 from .outputs import LAYOUT_PNG, MOSAIC, PREVIEW, REGISTERED, REPORT, VIEWER
-from .scan import Scan, read_scan
+from .sources import TileSource, read_source
 
 if TYPE_CHECKING:
     from .backend import Backend, Mosaic
@@ -122,12 +122,13 @@ def make_backend(options: StitchOptions) -> Backend:
 def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
            use: str | os.PathLike | None = None, options: StitchOptions | None = None,
            show_progress: bool = False, **keywords) -> StitchResult:
-    """Collect a smart-stack scan and stitch it into one pyramidal mosaic.
+    """Collect a scan and stitch it into one pyramidal mosaic.
 
     Parameters
     ----------
     scan_dir : path
-        The smart-stack scan folder.
+        The scan folder: a smart-stack scan, a flat OFM scan or a folder of tiles with a
+        ``TileConfiguration.txt`` (see `ofm_tiling.sources`).
     out : path, optional
         Output folder (default ``scan_dir/stitched``), replaced as a whole on every run.
     use : path, optional
@@ -135,7 +136,7 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     options : StitchOptions, optional
         Every option of the run; or give them as keywords (``backend="fiji"``, ``quality=80``…,
         the fields of `ofm_tiling.options.StitchOptions`): select, focus, link, strict, grid,
-        overlap, workers, backend, fiji, fiji_layout, keep_fiji_mosaic, compression, quality,
+        overlap, layout, workers, backend, fiji, fiji_layout, keep_fiji_mosaic, compression, quality,
         check_focus, viewer, wait.
     show_progress : bool
         Draw progress bars on stderr.
@@ -154,14 +155,15 @@ def stitch(scan_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
     folders = _Folders.of(scan_dir, use, out)
     for folder, parameter in ((folders.use, "use"), (folders.out, "out")):
         check_output_dir(folder, parameter=parameter)
-    scan = read_scan(folders.scan, skip=(folders.out, folders.use))  # a missing scan is named before any write
+    scan = read_source(folders.scan, layout=options.layout,  # a missing scan is named before any write
+                       skip=(folders.out, folders.use))
     with ScanLock(folders.use.parent, wait=options.wait):
         for note in recover(folders.use.parent, [folders.use, folders.out]):
             log.warning(note)
         return _run(scan, folders, options, backend, show_progress)
 
 
-def _run(scan: Scan, folders: _Folders, options: StitchOptions, backend: Backend,
+def _run(scan: TileSource, folders: _Folders, options: StitchOptions, backend: Backend,
          show_progress: bool) -> StitchResult:
     """The run itself, under the scan's lock: every output built in staging, then swapped in."""
     clock = _Clock()
@@ -198,10 +200,11 @@ def _pair_cache(out: Path, staging_out: Path) -> PairCache:
     return PairCache(out / PAIR_CACHE, staging_out / PAIR_CACHE)
 
 
-def _collect(scan: Scan, options: StitchOptions, staging: Path) -> Collection:
+def _collect(scan: TileSource, options: StitchOptions, staging: Path) -> Collection:
     from .collect import collect_into
 
     log.info(f"collecting {scan.root}")
+    log.info(f"found: {scan.summary}")
     o = options.collect_options()
     return collect_into(staging, scan, select=o.select, link=o.link, strict=o.strict, grid=o.grid,
                         overlap=o.overlap, focus=o.focus, workers=o.thread_count())

@@ -36,14 +36,22 @@ class TileConfiguration(NamedTuple):
     positions: np.ndarray
 
 
-def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConfiguration") -> TileConfiguration:
-    """Tile names and (x, y) positions from TileConfiguration text.
+class TileEntry(NamedTuple):
+    """One tile line of a TileConfiguration: its line number, name and top-left (x, y)."""
+
+    line: int
+    name: str
+    x: float
+    y: float
+
+
+def tile_entries(text: str, *, source: str | os.PathLike = "TileConfiguration") -> list[TileEntry]:
+    """Every tile line of TileConfiguration text, with its line number (for messages).
 
     Accepts what Fiji writes: comments, ``dim = 2``, numbers in Java ``double`` form (``1.0E-4``,
     ``-0.0``, ``NaN``), an optional z coordinate (ignored).
     """
-    names: list[str] = []
-    coords: list[tuple[float, float]] = []
+    entries: list[TileEntry] = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line.startswith("#") or len(line) <= 3 or line.replace(" ", "").startswith("dim="):
@@ -60,15 +68,27 @@ def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConf
             raise OfmTilingError(source, f"line {number} has a position that is not a number: {line!r}") from None
         if len(values) < 2:
             raise OfmTilingError(source, f"line {number} needs two coordinates: {line!r}")
-        names.append(parts[0].strip())
-        coords.append((values[0], values[1]))
-    return TileConfiguration(names, np.array(coords, dtype=float).reshape(-1, 2))
+        entries.append(TileEntry(number, parts[0].strip(), values[0], values[1]))
+    return entries
+
+
+def parse_tile_configuration(text: str, *, source: str | os.PathLike = "TileConfiguration") -> TileConfiguration:
+    """Tile names and (x, y) positions from TileConfiguration text (rules as `tile_entries`)."""
+    entries = tile_entries(text, source=source)
+    return TileConfiguration([e.name for e in entries],
+                             np.array([(e.x, e.y) for e in entries], dtype=float).reshape(-1, 2))
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a TileConfiguration file (one-line errors for a missing or unreadable file)."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise OfmTilingError(path, "file not found") from None
+    except OSError as exc:
+        raise OfmTilingError(path, f"cannot read ({exc.strerror})") from None
 
 
 def read_tile_configuration(path: str | os.PathLike) -> TileConfiguration:
     """Read a TileConfiguration file (see `parse_tile_configuration`)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise OfmTilingError(path, "file not found") from None
-    return parse_tile_configuration(text, source=path)
+    return parse_tile_configuration(read_text(path), source=path)

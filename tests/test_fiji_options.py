@@ -188,6 +188,18 @@ def test_infer_grid_refuses_uneven_steps_and_gaps():
         infer_grid(gaps, tile_shape=(600, 1000))
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".png", ".jpeg"])
+def test_tile_name_pattern_of_any_tile_format_reads_back_in_imagej(ij, suffix):
+    """Tiles of TileConfiguration folders keep their format in use/ (00.tif, 01.png...)."""
+    pattern, first = tile_name_pattern([f"{i:02d}{suffix}" for i in range(6)])
+    assert (pattern, first) == ("{ii}" + suffix, 0)
+    assert tile_name_pattern([f"{i:03d}{suffix}" for i in range(101)]) == ("{iii}" + suffix, 0)
+    options = grid_collection_options("/scans/tiles/use", layout="grid", grid=(3, 2), order="raster",
+                                      overlap_percent=30, file_pattern=pattern, first_index=first)
+    got = read_back(ij, options, GRID_LABELS)
+    assert got["file_names"] == "{ii}" + suffix and int(got["first_file_index_i"]) == 0
+
+
 def test_tile_name_pattern():
     assert tile_name_pattern([f"{i:02d}.jpeg" for i in range(12)]) == ("{ii}.jpeg", 0)
     assert tile_name_pattern([f"{i:03d}.jpeg" for i in range(120)]) == ("{iii}.jpeg", 0)

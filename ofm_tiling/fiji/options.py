@@ -280,7 +280,8 @@ def grid_collection_options(
 
 
 def tile_name_pattern(names: Sequence[str]) -> tuple[str, int]:
-    """Fiji's file-name pattern for tiles numbered in acquisition order (``00.jpeg`` -> ``{ii}.jpeg``).
+    """Fiji's file-name pattern for tiles numbered in acquisition order (``00.jpeg`` -> ``{ii}.jpeg``,
+    ``000.tif`` -> ``{iii}.tif``; the suffix is the tiles', whatever their format).
 
     Returns
     -------
@@ -296,7 +297,7 @@ def tile_name_pattern(names: Sequence[str]) -> tuple[str, int]:
         raise OfmTilingError(None, "no tiles")
     stem, dot, ext = names[0].partition(".")
     if not stem.isdigit():
-        raise OfmTilingError(names[0], "tile names must be numbers (00.jpeg, 01.jpeg...) for Fiji's grid layout")
+        raise OfmTilingError(names[0], "tile names must be numbers (00.jpeg, 01.tif...) for Fiji's grid layout")
     width, first = len(stem), int(stem)
     # Fiji pads to at least the width and never truncates, so wider later names still match.
     pattern = "{" + "i" * width + "}" + dot + ext
