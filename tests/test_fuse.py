@@ -11,7 +11,8 @@ import tifffile
 from conftest import he_sample, psnr, real_fiji
 
 from ofm_tiling.backend import Mosaic
-from ofm_tiling.fuse import _overlap_widths, fuse_bands, fuse_mosaic, mosaic_shape
+from ofm_tiling.blend import overlap_widths as _overlap_widths
+from ofm_tiling.fuse import fuse_bands, fuse_mosaic, mosaic_shape
 from ofm_tiling.pixels import raised_cosine
 
 TILE = (400, 520)  # (height, width)
