@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -63,14 +64,16 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, *, width: int = 20
 
 
 def write_preview_from_rows(path: str | os.PathLike, source: RowSource, shape: tuple[int, int], *,
-                            quality: int = 85, rows: int = 256) -> None:
+                            quality: int = 85, rows: int = 256,
+                            display: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
     """Resize an image read in row ranges to `shape`, a block of output rows at a time.
 
     Each block reads only the source rows it needs plus the Lanczos support, and resizes them with
     a sub-pixel source box, so memory stays at the preview's own size and blocks join seamlessly.
     The preview is assembled in Pillow and saved without Huffman optimisation, which would buffer
     every DCT coefficient of the image (twice the preview's size) for a file ~5 % smaller.
-    A grey source gives a grey preview.
+    A grey source gives a grey preview. `display` turns the rows read into 8-bit pixels first
+    (e.g. :func:`ofm_tiling.display.to_display` for a 16-bit source); default: they are 8-bit.
     """
     height, width = shape
     src_h, src_w = source.shape
@@ -81,7 +84,8 @@ def write_preview_from_rows(path: str | os.PathLike, source: RowSource, shape: t
         o1 = min(height, o0 + rows)
         s0, s1 = o0 * step, o1 * step
         r0, r1 = max(0, int(s0) - margin), min(src_h, int(np.ceil(s1)) + margin)
-        block = Image.fromarray(source.read(r0, r1))
+        pixels = source.read(r0, r1)
+        block = Image.fromarray(pixels if display is None else display(pixels))
         if out is None:
             out = Image.new(block.mode, (width, height))
         out.paste(block.resize((width, o1 - o0), Image.Resampling.LANCZOS, box=(0, s0 - r0, src_w, s1 - r0)), (0, o0))
