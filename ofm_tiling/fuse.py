@@ -213,7 +213,7 @@ def fuse_mosaic(
     read_tile = tiles if callable(tiles) else _path_reader(tiles, len(plan.off), pixel_type)
     if options:
         raise TypeError(f"unexpected options: {', '.join(sorted(options))}")
-    return Mosaic(plan.shape, _bands(read_tile, plan, progress))
+    return Mosaic(plan.shape, _bands(read_tile, plan, progress), pixel_type)
 
 
 def _path_reader(tiles: Sequence[str | os.PathLike], n: int, pixel_type: str) -> ReadTile:
