@@ -40,3 +40,21 @@ def test_row_by_row_preview_matches_one_resize(tmp_path):
     with Image.open(tmp_path / "g.jpg") as g:
         assert g.mode == "L" and g.size == (233, 300)
     assert sorted(os.listdir(tmp_path)) == ["g.jpg", "p.jpg", "q.jpg"]
+
+
+def test_sixteen_bit_rows_are_scaled_for_display_before_the_resize(tmp_path):
+    from ofm_tiling.display import DisplayRange, to_display
+
+    rng = np.random.default_rng(6)
+    from scipy import ndimage
+
+    image = np.clip(ndimage.gaussian_filter(rng.normal(size=(600, 400)), 3) * 4e5 + 30000, 0, 65535).astype(np.uint16)
+    window = DisplayRange(int(np.percentile(image, 1)), int(np.percentile(image, 99)))
+    write_preview_from_rows(tmp_path / "p.jpg", _Rows(image), (150, 100), quality=95,
+                            display=lambda rows: to_display(rows, window))
+    write_preview(tmp_path / "q.jpg", np.repeat(to_display(image, window)[..., None], 3, axis=2), width=100, quality=95)
+    with Image.open(tmp_path / "p.jpg") as a, Image.open(tmp_path / "q.jpg") as b:
+        assert a.mode == "L" and a.size == b.size == (100, 150)
+        diff = np.abs(np.asarray(a).astype(int) - np.asarray(b.convert("L")))
+        spread = np.asarray(a).std()
+    assert diff.mean() < 1.5 and spread > 20  # the display range's picture, not a black or white one
