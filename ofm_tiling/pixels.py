@@ -121,13 +121,7 @@ def halve_u8(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     s += 2
     s >>= 2
     out[: he // 2, : we // 2] = s
-    if w % 2:
-        out[: he // 2, -1] = (rows[:, -1] + 1) >> 1
-    if h % 2:
-        row = np.add(block[-1, 0:we:2], block[-1, 1:we:2], dtype=np.uint16)
-        out[-1, : we // 2] = (row + 1) >> 1
-        if w % 2:
-            out[-1, -1] = block[-1, -1]
+    _halve_edges(block, rows, out)
     return out
 
 
@@ -146,14 +140,22 @@ def halve_u16(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     s += 2
     s >>= 2
     out[: he // 2, : we // 2] = s
+    _halve_edges(block, rows, out)
+    return out
+
+
+def _halve_edges(block: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """The last odd column and row of a 2x2 reduction: the rounded mean of the pixels that exist.
+    `rows` holds the sums of row pairs, in the wider type the sums of `block` need."""
+    h, w = block.shape[:2]
+    he, we = h - h % 2, w - w % 2
     if w % 2:
         out[: he // 2, -1] = (rows[:, -1] + 1) >> 1
     if h % 2:
-        row = np.add(block[-1, 0:we:2], block[-1, 1:we:2], dtype=np.uint32)
+        row = np.add(block[-1, 0:we:2], block[-1, 1:we:2], dtype=rows.dtype)
         out[-1, : we // 2] = (row + 1) >> 1
         if w % 2:
             out[-1, -1] = block[-1, -1]
-    return out
 
 
 def halve(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
