@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["PERCENTILES", "SAMPLE_PIXELS", "DisplayRange", "display_range", "sample_step", "to_display"]
+__all__ = ["PERCENTILES", "SAMPLE_PIXELS", "DisplayRange", "display_range", "range_of", "sample_step", "to_display"]
 
 #: Percentiles of the mosaic's values shown as black and as white.
 PERCENTILES = (0.1, 99.9)
@@ -67,6 +67,12 @@ def display_range(reduced: np.ndarray) -> DisplayRange:
     lo, hi = np.percentile(a, PERCENTILES)
     lo, hi = int(np.floor(lo)), int(np.ceil(hi))
     return DisplayRange(lo, max(hi, lo + 1))
+
+
+def range_of(image: np.ndarray) -> DisplayRange:
+    """:func:`display_range` of a whole reduced image, measured on its strided sample (:func:`sample_step`)."""
+    step = sample_step(image.shape)
+    return display_range(np.asarray(image)[::step, ::step])
 
 
 @lru_cache(maxsize=8)

@@ -8,7 +8,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from .display import DisplayRange, range_of, to_display
 from .files import atomic_file
+from .pixels import pixel_type_of
 
 __all__ = ["write_preview", "preview_shape", "write_preview_from_rows"]
 
@@ -35,24 +37,31 @@ def preview_shape(shape: tuple[int, int], width: int) -> tuple[int, int]:
     return max(1, round(shape[0] * new_w / shape[1])), new_w
 
 
-def write_preview(path: str | os.PathLike, image: np.ndarray, *, width: int = 2000, quality: int = 85) -> None:
-    """Save a downscaled JPEG of an RGB image (atomically).
+def write_preview(path: str | os.PathLike, image: np.ndarray, *, width: int = 2000, quality: int = 85,
+                  display: DisplayRange | None = None) -> None:
+    """Save a downscaled JPEG of an image (atomically).
 
     Parameters
     ----------
     path : str or os.PathLike
         Output JPEG file.
-    image : (H, W, 3) ndarray
-        uint8 RGB image.
+    image : ndarray
+        uint8 RGB ``(H, W, 3)``, uint8 grey ``(H, W)`` or uint16 grey ``(H, W)``.
     width : int, optional
         Width of the preview in pixels. Images are never enlarged, and very tall images are
         made narrower so the height stays within JPEG's 65535-pixel limit.
     quality : int, optional
         JPEG quality.
+    display : DisplayRange, optional
+        How a 16-bit image is scaled for display (:mod:`ofm_tiling.display`); default: the range
+        of `image` itself. 8-bit images are shown as they are.
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if pixel_type_of(image) is None:
+        raise ValueError(f"image must be uint8 (H, W, 3), uint8 (H, W) or uint16 (H, W), got {image.dtype} "
+                         f"{image.shape}")
+    if image.dtype == np.uint16:
+        image = to_display(image, display or range_of(image))
     h, w = image.shape[:2]
     new_h, new_w = preview_shape((h, w), width)
     im = Image.fromarray(image)

@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ..display import DisplayRange, display_range, sample_step, to_display
+from ..display import DisplayRange, range_of, to_display
 from ..errors import OfmTilingError
 from ..options import check_quality
 from ..pixels import halve
@@ -142,9 +142,7 @@ def _stored_levels(tif: tifffile.TiffFile, path: Path) -> list[tifffile.TiffPage
 
 def _display_range(tif: tifffile.TiffFile) -> DisplayRange:
     """The mosaic's display range, from its smallest stored level as the writer measured it."""
-    smallest = tif.series[0].levels[-1]
-    step = sample_step(smallest.shape)
-    return display_range(smallest.asarray()[::step, ::step])
+    return range_of(tif.series[0].levels[-1].asarray())
 
 
 def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: int = QUALITY,
