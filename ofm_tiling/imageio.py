@@ -96,7 +96,8 @@ def read_luminance(path: str | os.PathLike, scale: int = 1) -> np.ndarray:
     Luminance is ITU-R 601, as Pillow's "L"; for a JPEG it is the Y channel as stored, so the
     colour planes are never converted. With `scale` > 1 the reduced size is
     ``ceil(W / scale) x ceil(H / scale)``, which is what libjpeg's DCT scaling returns, so positions
-    scale exactly by `scale`.
+    scale exactly by `scale`. For 8-bit images: a 16-bit tile would be clipped to 255 by Pillow's
+    "L" conversion, so registration reads tiles of any type with :func:`tile_luminance`.
     """
     return _read(path, "L", scale)
 
