@@ -13,7 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["PERCENTILES", "SAMPLE_PIXELS", "DisplayRange", "display_range", "range_of", "sample_step", "to_display"]
+__all__ = ["PERCENTILES", "SAMPLE_PIXELS", "IDENTITY", "DisplayRange", "display_range", "range_of", "sample_step",
+           "to_display"]
 
 #: Percentiles of the mosaic's values shown as black and as white.
 PERCENTILES = (0.1, 99.9)
@@ -36,6 +37,7 @@ class DisplayRange:
         return [self.lo, self.hi]
 
 
+#: How 8-bit mosaics are shown: as they are.
 IDENTITY = DisplayRange(0, 255)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import tifffile
 
 from .bands import Spool, halve, in_background, rechunk
-from .display import DisplayRange, display_range, sample_step, to_display
+from .display import IDENTITY, DisplayRange, display_range, sample_step, to_display
 from .errors import OfmTilingError
 from .files import atomic_file
 from .pixels import pixel_form
@@ -226,7 +226,7 @@ class PyramidWriter:
         if k == 0 and self.plan.preview_level == 0:
             keep = self._spools[0] = self._spool("level0", shapes[0])
             sinks.append(lambda y0, b, half: keep.write(y0, b))
-        if k == self.plan.written - 1:
+        if k == self.plan.written - 1 and self.pixels.dtype != np.uint8:  # 8-bit is shown as it is
             sinks.append(self._sample_sink(shapes[k]))
         blocks = _fed(source, sinks)
         if k < self.plan.written:
@@ -250,13 +250,13 @@ class PyramidWriter:
 
     def _write_preview(self) -> None:
         """The display range, then the preview from its spooled level (kept while the pyramid was written)."""
-        self.display = display_range(np.concatenate(self._smallest))
+        self.display = display_range(np.concatenate(self._smallest)) if self._smallest else IDENTITY
         self._smallest.clear()
         level, shape = self.plan.preview_level, self.plan.preview_shape
         if self.preview_path is not None and level is not None and shape is not None:
             display = self.display
-            write_preview_from_rows(self.preview_path, self._spools[level], shape,
-                                    display=lambda rows: to_display(rows, display))
+            scale = None if self.pixels.dtype == np.uint8 else lambda rows: to_display(rows, display)
+            write_preview_from_rows(self.preview_path, self._spools[level], shape, display=scale)
 
     def _tiles(self, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         """Tiles of each block, left to right, reporting progress after each block."""

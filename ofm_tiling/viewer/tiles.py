@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ..display import DisplayRange, range_of, to_display
+from ..display import IDENTITY, DisplayRange, range_of, to_display
 from ..errors import OfmTilingError
 from ..options import check_quality
 from ..pixels import halve
@@ -142,7 +142,8 @@ def _stored_levels(tif: tifffile.TiffFile, path: Path) -> list[tifffile.TiffPage
 
 def _display_range(tif: tifffile.TiffFile) -> DisplayRange:
     """The mosaic's display range, from its smallest stored level as the writer measured it."""
-    return range_of(tif.series[0].levels[-1].asarray())
+    smallest = tif.series[0].levels[-1]
+    return IDENTITY if smallest.dtype == np.uint8 else range_of(smallest.asarray())  # 8-bit: nothing to read
 
 
 def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: int = QUALITY,
