@@ -22,10 +22,13 @@ __all__ = ["Backend", "BuiltinBackend", "Mosaic"]
 
 
 class Mosaic(NamedTuple):
-    """A mosaic as a stream: its ``(height, width)`` and ``(y0, rows)`` bands from the top."""
+    """A mosaic as a stream: its ``(height, width)``, ``(y0, rows)`` bands from the top, and what a
+    pixel holds (`ofm_tiling.pixels.PIXEL_TYPES`: bands ``(rows, W, 3)`` uint8, ``(rows, W)`` uint8
+    or ``(rows, W)`` uint16)."""
 
     shape: tuple[int, int]
     bands: Iterator[tuple[int, np.ndarray]]
+    pixel_type: str = "rgb8"
 
 
 class Backend(Protocol):

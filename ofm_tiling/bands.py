@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import OfmTilingError
-from .pixels import halve_u8
+from .pixels import halve as halve_image
 
 __all__ = ["rechunk", "in_background", "halve", "Spool"]
 
@@ -127,16 +127,16 @@ def in_background(items: Iterable, depth: int = 1) -> Iterator:
 
 
 def halve(block: np.ndarray, pool: ThreadPoolExecutor | None = None, pieces: int = 1) -> np.ndarray:
-    """:func:`ofm_tiling.pixels.halve_u8` of `block`, in `pieces` column ranges run on `pool`."""
+    """:func:`ofm_tiling.pixels.halve` of a uint8 or uint16 `block`, in `pieces` column ranges run on `pool`."""
     h, w = block.shape[:2]
-    out = np.empty(((h + 1) // 2, (w + 1) // 2, *block.shape[2:]), np.uint8)
+    out = np.empty(((h + 1) // 2, (w + 1) // 2, *block.shape[2:]), block.dtype)
     step = 2 * -(-w // (2 * max(1, pieces)))  # even, so pieces meet on 2x2 boundaries
     parts = [(block[:, x0 : x0 + step], out[:, x0 // 2 : (x0 + step) // 2]) for x0 in range(0, w, step)]
     if pool is None or len(parts) == 1:
         for part in parts:
-            halve_u8(*part)
+            halve_image(*part)
     else:
-        for future in [pool.submit(halve_u8, *part) for part in parts]:
+        for future in [pool.submit(halve_image, *part) for part in parts]:
             future.result()
     return out
 

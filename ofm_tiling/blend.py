@@ -1,7 +1,9 @@
 """Blending the tiles that cover one cell of the mosaic: feathered weighted mean or nearest centre.
 
 A cell is a rectangle covered by a fixed set of tiles (`ofm_tiling.fuse` cuts the mosaic into
-them); these functions compute its pixels from the pieces of the tiles that cover it.
+them); these functions compute its pixels from the pieces of the tiles that cover it. 8-bit tiles
+(RGB or grey) are blended in Pillow with 8-bit opacity masks; 16-bit grey tiles in numpy with
+float32 weights, rounded once, because Pillow's masked paste holds 8 bits only.
 """
 from __future__ import annotations
 
@@ -121,12 +123,31 @@ def _blend(cover: list[Piece], weighted: list[int], ry: _Run, rx: _Run) -> np.nd
         ys.append(wy.w[rows] if not equal and ry.regimes[k] == _RAMP else np.ones(1, np.float32))
         xs.append(wx.w[cols] if not equal and rx.regimes[k] == _RAMP else np.ones(1, np.float32))
         parts.append(p.tile[rows, cols])
+    if parts[0].dtype != np.uint8:
+        return _blend_wide(parts, ys, xs)
     shape = parts[0].shape[:2]
     cell = Image.fromarray(parts[-1])
     for src, mask in reversed(list(zip(parts[:-1], _inclusion_masks(ys, xs)))):  # K-2 .. 0
         mask = np.ascontiguousarray(np.broadcast_to(mask, shape))
         cell.paste(Image.fromarray(src), (0, 0), Image.fromarray(mask))
     return np.asarray(cell)
+
+
+def _blend_wide(parts: list[np.ndarray], ys: list[np.ndarray], xs: list[np.ndarray]) -> np.ndarray:
+    """:func:`_blend` for 16-bit tiles: the weighted mean in float32, rounded half up once.
+
+    float32 holds a 16-bit value times a weight in (0, 1] to ~0.004 grey levels, so the rounded
+    mean is within half a level of the exact one.
+    """
+    acc = np.zeros(parts[0].shape[:2], np.float32)
+    total = np.zeros_like(acc)
+    for part, y, x in zip(parts, ys, xs):
+        w = y[:, None] * x[None, :]
+        acc += w * part
+        total += w
+    acc /= total
+    acc += 0.5
+    return np.minimum(acc, np.iinfo(parts[0].dtype).max).astype(parts[0].dtype)
 
 
 def nearest_cell(dst: np.ndarray, cover: list[Piece], tile_shape: tuple[int, int]) -> None:
@@ -140,4 +161,4 @@ def nearest_cell(dst: np.ndarray, cover: list[Piece], tile_shape: tuple[int, int
         d = (dy[:, None] + dx[None, :]).astype(np.float32)
         closer = d < best  # strict: ties keep the earlier tile (higher up, then further left)
         np.copyto(best, d, where=closer)  # copyto(where=) is much faster than boolean indexing
-        np.copyto(dst, tile[ty, tx], where=closer[..., None])
+        np.copyto(dst, tile[ty, tx], where=closer[..., None] if dst.ndim == 3 else closer)

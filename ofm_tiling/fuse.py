@@ -1,4 +1,4 @@
-"""Streaming fusion of placed tiles into one RGB mosaic, band by band.
+"""Streaming fusion of placed tiles into one mosaic of the tiles' own pixel type, band by band.
 
 The mosaic is produced as horizontal bands, top to bottom, so that it never has to exist in
 memory as a whole (a 50 x 50 scan of 8 MP tiles is ~16 Gpx per channel). Each tile is decoded
@@ -6,9 +6,9 @@ once, a little ahead of the first band that needs it, and dropped as soon as the
 passed its bottom edge: memory scales with about two rows of tiles, not with the mosaic.
 
 Each band is cut along every tile edge into cells covered by a fixed set of tiles; cells with one
-tile are copied, overlap cells blended, in vertical stripes on `workers` threads. Blending rounds
-to 8 bits at each tile of a cell, so an overlap differs from the exact weighted mean by at most
-about half a grey level per covering tile.
+tile are copied, overlap cells blended, in vertical stripes on `workers` threads. 8-bit blending
+rounds at each tile of a cell, so an overlap differs from the exact weighted mean by at most about
+half a grey level per covering tile; 16-bit blending rounds once (`ofm_tiling.blend`).
 The mosaic's size has one home, :func:`mosaic_shape`, which :func:`fuse_mosaic` hands on.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike
 from .backend import Mosaic
 from .blend import Piece, feather_cell, nearest_cell
 from .memory import release_free_memory
+from .pixels import PixelForm, pixel_form
 from .seams import SEAM_WIDTH, Ramp, tile_ramps
 
 __all__ = ["mosaic_shape", "fuse_bands", "fuse_mosaic"]
@@ -83,27 +84,29 @@ class _Plan:
     shape: tuple[int, int]                # of the mosaic: `mosaic_shape`
     band_height: int
     ramps: list[tuple[Ramp, Ramp]] | None  # each tile's (rows, columns) for "feather"; None: "none"
+    form: PixelForm                       # of the tiles and the mosaic
     fill: int
     workers: int
 
 
 def _plan(positions: ArrayLike, tile_shape: tuple[int, int], *, band_height: int, blend: str,
-          feather_width: float | None, fill: int, workers: int) -> _Plan:
+          feather_width: float | None, fill: int, workers: int, pixel_type: str = "rgb8") -> _Plan:
     off = _offsets(positions)
     th, tw = _check_tile_shape(tile_shape)
     if blend not in ("feather", "none"):
         raise ValueError(f"blend must be 'feather' or 'none', got {blend!r}")
     if int(band_height) < 1 or int(workers) < 1:
         raise ValueError("band_height and workers must be >= 1")
-    if not 0 <= int(fill) <= 255:
-        raise ValueError(f"fill must be in 0..255, got {fill}")
+    form = pixel_form(pixel_type)
+    if not 0 <= int(fill) <= form.max:
+        raise ValueError(f"fill must be in 0..{form.max}, got {fill}")
     ramps = None
     if blend == "feather":
         width = SEAM_WIDTH if feather_width is None else float(feather_width)
         if not width > 0:
             raise ValueError(f"feather_width must be positive, got {feather_width}")
         ramps = tile_ramps(off, (th, tw), width=width)
-    return _Plan(off, (th, tw), _extent(off, (th, tw)), int(band_height), ramps, int(fill), int(workers))
+    return _Plan(off, (th, tw), _extent(off, (th, tw)), int(band_height), ramps, form, int(fill), int(workers))
 
 
 def fuse_bands(
@@ -117,13 +120,15 @@ def fuse_bands(
     fill: int = 0,
     workers: int = 2,
     progress: Progress | None = None,
+    pixel_type: str = "rgb8",
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Fuse placed tiles into an RGB mosaic, yielded as horizontal bands from top to bottom.
+    """Fuse placed tiles into a mosaic, yielded as horizontal bands from top to bottom.
 
     Parameters
     ----------
     read_tile : callable
-        ``read_tile(i)`` returns tile `i` as a uint8 array of shape ``(*tile_shape, 3)``. It is
+        ``read_tile(i)`` returns tile `i` as an array of `pixel_type`: uint8 ``(*tile_shape, 3)``
+        for rgb8, uint8 `tile_shape` for grey8, uint16 `tile_shape` for grey16. It is
         called once per tile, from `workers` threads at a time (so it must be thread-safe),
         roughly in order of the tiles' top edges. JPEG decoders release the GIL, so decoding
         overlaps with blending (:func:`ofm_tiling.imageio.read_rgb` is the fastest here).
@@ -149,13 +154,16 @@ def fuse_bands(
         Threads decoding tiles ahead of the band being assembled, and threads assembling it.
     progress : callable, optional
         Called as ``progress(rows_done, total_rows)`` after each band.
+    pixel_type : {"rgb8", "grey8", "grey16"}, optional
+        What the tiles hold (`ofm_tiling.pixels.PIXEL_TYPES`); the mosaic holds the same.
 
     Yields
     ------
     y0 : int
         First mosaic row of the band.
     band : ndarray
-        uint8 array of shape ``(rows, W, 3)``; consecutive bands cover the mosaic of shape
+        ``(rows, W, 3)`` uint8, ``(rows, W)`` uint8 or ``(rows, W)`` uint16 by `pixel_type`;
+        consecutive bands cover the mosaic of shape
         :func:`mosaic_shape` exactly once.
 
     Notes
@@ -165,7 +173,7 @@ def fuse_bands(
     on each thread. Options are checked here, before the first band is asked for.
     """
     plan = _plan(positions, tile_shape, band_height=band_height, blend=blend,
-                 feather_width=feather_width, fill=fill, workers=workers)
+                 feather_width=feather_width, fill=fill, workers=workers, pixel_type=pixel_type)
     return _bands(read_tile, plan, progress)
 
 
@@ -176,6 +184,7 @@ def fuse_mosaic(
     *,
     workers: int = 2,
     progress: Progress | None = None,
+    pixel_type: str = "rgb8",
     **options,
 ) -> Mosaic:
     """The fused mosaic of placed tiles as a `Mosaic`: its shape and its bands.
@@ -183,14 +192,14 @@ def fuse_mosaic(
     Parameters
     ----------
     tiles : sequence of path-like, or callable
-        Image files in the order of `positions` (decoded with
-        :func:`ofm_tiling.imageio.read_rgb`), or a ``read_tile(i)`` function as for
-        :func:`fuse_bands`.
+        Image files in the order of `positions` (decoded with :func:`ofm_tiling.imageio.read_rgb`
+        for rgb8, :func:`ofm_tiling.imageio.read_tile` otherwise), or a ``read_tile(i)`` function
+        as for :func:`fuse_bands`.
     positions : (N, 2) array_like
         Top-left corners ``(x, y)`` in pixels, e.g. ``Placement.positions``, in any frame.
     tile_shape : (int, int)
         (height, width) shared by all tiles.
-    workers, progress, **options
+    workers, progress, pixel_type, **options
         As for :func:`fuse_bands` (`band_height`, `blend`, `feather_width`, `fill`).
 
     Returns
@@ -199,30 +208,31 @@ def fuse_mosaic(
         ``shape`` is :func:`mosaic_shape` and the bands cover exactly that: pass both to the
         writer and report that same shape (then the size printed is the size written).
     """
-    read_tile = tiles if callable(tiles) else _path_reader(tiles, len(np.asarray(positions).reshape(-1, 2)))
     plan = _plan(positions, tile_shape, band_height=options.pop("band_height", 512),
                  blend=options.pop("blend", "feather"), feather_width=options.pop("feather_width", None),
-                 fill=options.pop("fill", 0), workers=workers)
+                 fill=options.pop("fill", 0), workers=workers, pixel_type=pixel_type)
+    read_tile = tiles if callable(tiles) else _path_reader(tiles, len(plan.off), pixel_type)
     if options:
         raise TypeError(f"unexpected options: {', '.join(sorted(options))}")
-    return Mosaic(plan.shape, _bands(read_tile, plan, progress))
+    return Mosaic(plan.shape, _bands(read_tile, plan, progress), pixel_type)
 
 
-def _path_reader(tiles: Sequence[str | os.PathLike], n: int) -> ReadTile:
-    from .imageio import read_rgb
+def _path_reader(tiles: Sequence[str | os.PathLike], n: int, pixel_type: str) -> ReadTile:
+    from .imageio import read_rgb, read_tile
 
     paths = [os.fspath(p) for p in tiles]
     if len(paths) != n:
         raise ValueError(f"{len(paths)} tiles but {n} positions")
-    return lambda i: read_rgb(paths[i])
+    if pixel_type == "rgb8":
+        return lambda i: read_rgb(paths[i])  # the fastest decode of the common case
+    return lambda i: read_tile(paths[i], pixel_type)
 
 
-def _load(read_tile: ReadTile, i: int, shape: tuple[int, int]) -> np.ndarray:
+def _load(read_tile: ReadTile, i: int, plan: _Plan) -> np.ndarray:
     tile = np.asarray(read_tile(i))
-    if tile.shape != (*shape, 3) or tile.dtype != np.uint8:
-        raise ValueError(
-            f"tile {i}: read_tile returned {tile.dtype} {tile.shape}, expected uint8 {(*shape, 3)}"
-        )
+    want = (*plan.tile_shape, *plan.form.sample)
+    if tile.shape != want or tile.dtype != plan.form.dtype:
+        raise ValueError(f"tile {i}: read_tile returned {tile.dtype} {tile.shape}, expected {plan.form.dtype} {want}")
     return tile
 
 
@@ -255,7 +265,7 @@ class _Decoder:
         while self.submitted < len(self.order) and (
                 self.tops[self.submitted] < y1 or len(self.pending) < self.budget):
             i = int(self.order[self.submitted])
-            self.pending[i] = self.pool.submit(_load, self.read_tile, i, self.plan.tile_shape)
+            self.pending[i] = self.pool.submit(_load, self.read_tile, i, self.plan)
             self.submitted += 1
 
     def tiles_above(self, y1: int) -> dict[int, np.ndarray]:
@@ -312,7 +322,7 @@ class _Band:
 def _assemble(plan: _Plan, tiles: dict[int, np.ndarray], y0: int, y1: int,
               pool: ThreadPoolExecutor | None) -> np.ndarray:
     width = plan.shape[1]
-    band = _Band(np.empty((y1 - y0, width, 3), np.uint8), tiles, y0, y1)
+    band = _Band(np.empty((y1 - y0, width, *plan.form.sample), plan.form.dtype), tiles, y0, y1)
     stripes = _stripes(tiles, plan.off, plan.tile_shape[1], width, 1 if pool is None else 2 * plan.workers)
     if pool is None:
         for xa, xb in stripes:

@@ -6,12 +6,42 @@ pyramid writer agree on them.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
 from .options import PIXEL_TYPES  # re-exported: pixel rules and pixel types side by side
 
-__all__ = ["PIXEL_TYPES", "LUMA", "luma", "raised_cosine", "block_mean", "halve_u8", "ncc"]
+__all__ = ["PIXEL_TYPES", "PixelForm", "pixel_form", "pixel_type_of", "LUMA", "luma", "raised_cosine", "block_mean",
+           "halve_u8", "halve_u16", "halve", "ncc"]
+
+
+
+class PixelForm(NamedTuple):
+    """How an image of a pixel type is held in numpy: trailing axes of a pixel and the dtype."""
+
+    sample: tuple[int, ...]  # (3,) for RGB, () for grey
+    dtype: np.dtype
+
+    @property
+    def max(self) -> int:
+        return int(np.iinfo(self.dtype).max)
+
+
+def pixel_form(pixel_type: str) -> PixelForm:
+    """The numpy form of `pixel_type`: rgb8 ``(..., 3)`` uint8, grey8 uint8, grey16 uint16."""
+    if pixel_type not in PIXEL_TYPES:
+        raise ValueError(f"pixel_type must be one of {', '.join(map(repr, PIXEL_TYPES))}, got {pixel_type!r}")
+    return PixelForm((3,) if pixel_type == "rgb8" else (), np.dtype(np.uint16 if pixel_type == "grey16" else np.uint8))
+
+
+def pixel_type_of(image: np.ndarray) -> str | None:
+    """The pixel type an image array holds, or None if it is none of `PIXEL_TYPES`."""
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return "rgb8"
+    if image.ndim == 2 and image.dtype in (np.uint8, np.uint16):
+        return "grey8" if image.dtype == np.uint8 else "grey16"
+    return None
 
 #: ITU-R 601 luma weights, as Pillow's "L" mode (so our luminance equals Pillow's decode).
 LUMA = (0.299, 0.587, 0.114)
@@ -91,14 +121,50 @@ def halve_u8(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     s += 2
     s >>= 2
     out[: he // 2, : we // 2] = s
+    _halve_edges(block, rows, out)
+    return out
+
+
+def halve_u16(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`block_mean` by 2 for uint16 images in integer arithmetic, rounded half up.
+
+    The same edge rule as :func:`halve_u8` (a last odd row or column averages what exists), with
+    sums in uint32 so that four 16-bit values never overflow.
+    """
+    h, w = block.shape[:2]
+    if out is None:
+        out = np.empty(((h + 1) // 2, (w + 1) // 2, *block.shape[2:]), np.uint16)
+    he, we = h - h % 2, w - w % 2
+    rows = np.add(block[0:he:2], block[1:he:2], dtype=np.uint32)
+    s = np.add(rows[:, 0:we:2], rows[:, 1:we:2])
+    s += 2
+    s >>= 2
+    out[: he // 2, : we // 2] = s
+    _halve_edges(block, rows, out)
+    return out
+
+
+def _halve_edges(block: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """The last odd column and row of a 2x2 reduction: the rounded mean of the pixels that exist.
+    `rows` holds the sums of row pairs, in the wider type the sums of `block` need."""
+    h, w = block.shape[:2]
+    he, we = h - h % 2, w - w % 2
     if w % 2:
         out[: he // 2, -1] = (rows[:, -1] + 1) >> 1
     if h % 2:
-        row = np.add(block[-1, 0:we:2], block[-1, 1:we:2], dtype=np.uint16)
+        row = np.add(block[-1, 0:we:2], block[-1, 1:we:2], dtype=rows.dtype)
         out[-1, : we // 2] = (row + 1) >> 1
         if w % 2:
             out[-1, -1] = block[-1, -1]
-    return out
+
+
+def halve(block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """2x2 rounded-mean reduction of a uint8 (:func:`halve_u8`) or uint16 (:func:`halve_u16`) image."""
+    if block.dtype == np.uint8:
+        return halve_u8(block, out)
+    if block.dtype == np.uint16:
+        return halve_u16(block, out)
+    raise ValueError(f"block must be uint8 or uint16, got {block.dtype}")
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,6 +11,11 @@ without subsampling, written before, is decoded with its colour transform applie
 Bio-Formats (wrong colours); subsampled YCbCr reads correctly but caps the colour fidelity of
 H&E at ~33 dB whatever the quality. RGB JPEG reads bit-identically in tifffile and Bio-Formats
 and keeps full colour resolution (measured in ``benchmarks/jpeg_colour.py``).
+
+16-bit grey mosaics are stored losslessly (deflate or none): baseline JPEG holds 8 bits. The
+writer refuses JPEG for them; `compression_for` is the run's rule that turns the default JPEG into
+deflate for 16-bit tiles, with a note. The preview of a 16-bit mosaic is scaled for display
+(`ofm_tiling.display`) with the range measured on the smallest written level.
 """
 from __future__ import annotations
 
@@ -25,89 +30,15 @@ import numpy as np
 import tifffile
 
 from .bands import Spool, halve, in_background, rechunk
-from .errors import OfmTilingError, OptionError
+from .display import IDENTITY, DisplayRange, display_range, sample_step, to_display
+from .errors import OfmTilingError
 from .files import atomic_file
-from .options import CHOICES, check_quality
+from .pixels import pixel_form
 from .preview import preview_shape, preview_width, write_preview_from_rows
+from .tilecodec import COMPRESSIONS, Codec, PixelFormat, check_options, compression_for
 
-__all__ = ["COMPRESSIONS", "Codec", "LevelPlan", "PixelFormat", "PyramidWriter", "check_options", "plan_levels",
-           "write_ome_tiff"]
-
-COMPRESSIONS = CHOICES["compression"]  # tile compressions by name ("zlib" is accepted for "deflate")
-
-
-@dataclass(frozen=True)
-class PixelFormat:
-    """What one pixel holds: 3 channels (RGB) or 1 (grey), of `dtype`."""
-
-    channels: int = 3
-    dtype: np.dtype = np.dtype(np.uint8)
-
-    @property
-    def sample(self) -> tuple[int, ...]:
-        """Trailing array axes of a pixel: ``(3,)`` for RGB, ``()`` for grey."""
-        return (3,) if self.channels == 3 else ()
-
-    @property
-    def bytes(self) -> int:  # per pixel
-        return self.channels * self.dtype.itemsize
-
-
-@dataclass(frozen=True)
-class Codec:
-    """Checked tile compression: `name` is one of :data:`COMPRESSIONS`; `quality` is for JPEG."""
-
-    name: str
-    quality: int
-
-    def tifffile_options(self, pixels: PixelFormat) -> dict:
-        """Keywords of ``tifffile.TiffWriter.write`` for tiles of `pixels`."""
-        photometric = "rgb" if pixels.channels == 3 else "minisblack"
-        opts: dict = {"photometric": photometric}
-        if self.name == "jpeg":
-            args: dict = {"level": self.quality}
-            if pixels.channels == 3:
-                # RGB JPEG at full colour resolution: see the module's docstring.
-                args["outcolorspace"] = "RGB"
-                opts["subsampling"] = (1, 1)
-            opts.update(compression="jpeg", compressionargs=args)
-        elif self.name == "deflate":
-            # Horizontal differencing typically shrinks deflated micrographs by a further ~20%.
-            opts.update(compression="zlib", predictor=True)
-        else:
-            opts["compression"] = None
-        return opts
-
-
-def check_options(*, compression: str = "jpeg", quality: int = 90, dtype: np.dtype | type = np.uint8) -> Codec:
-    """Check the tile compression options before any work starts.
-
-    Parameters
-    ----------
-    compression : {"jpeg", "deflate", "none"}
-        Tile compression ("zlib" is a synonym of "deflate").
-    quality : int
-        JPEG quality, an integer from 1 to 100 (checked whatever the compression).
-    dtype : numpy dtype
-        Pixel type: uint8, or uint16 (deflate or none only: baseline JPEG holds 8 bits).
-
-    Raises
-    ------
-    ValueError
-        Naming the parameter and the allowed values.
-    """
-    name = str(compression).lower()
-    name = "deflate" if name == "zlib" else name
-    if name not in COMPRESSIONS:
-        raise OptionError("compression", f"must be one of {', '.join(map(repr, COMPRESSIONS))}, got {compression!r}")
-    q = check_quality(quality)
-    dt = np.dtype(dtype)
-    if dt not in (np.uint8, np.uint16):
-        raise ValueError(f"dtype must be uint8 or uint16, got {dt}")
-    if dt == np.uint16 and name == "jpeg":
-        raise OptionError("compression", "must be 'deflate' or 'none' for uint16 pixels (JPEG holds 8 bits)")
-    return Codec(name, q)
-
+__all__ = ["COMPRESSIONS", "Codec", "LevelPlan", "PixelFormat", "PyramidWriter", "check_options", "compression_for",
+           "plan_levels", "write_ome_tiff"]
 
 @dataclass(frozen=True)
 class LevelPlan:
@@ -158,8 +89,9 @@ class PyramidWriter:
     channels : {3, 1}
         RGB or grey pixels (a 3-element `shape` must agree).
     dtype : numpy dtype
-        uint8 (uint16 is checked by :func:`check_options` but not yet written: the 2x2 reduction is
-        8-bit only).
+        uint8, or uint16 (grey, stored with compression "deflate" or "none").
+    pixel_type : {"rgb8", "grey8", "grey16"}, optional
+        Sets `channels` and `dtype` from one of `ofm_tiling.pixels.PIXEL_TYPES` instead.
     pixel_size_um : float, optional
         Size of a level-0 pixel in micrometres, stored as OME PhysicalSizeX/Y (and as TIFF
         resolution on every level).
@@ -174,7 +106,8 @@ class PyramidWriter:
         Also write a JPEG preview here, made from the smallest level at least `preview_width`
         wide (no second pass over level 0).
     preview_width : int
-        Preview width in pixels (never wider than the mosaic).
+        Preview width in pixels (never wider than the mosaic). A 16-bit preview is scaled for
+        display (:mod:`ofm_tiling.display`) with the range of the smallest written level.
     workers : int
         Threads compressing tiles and halving blocks.
     name : str
@@ -192,12 +125,14 @@ class PyramidWriter:
                  dtype: np.dtype | type = np.uint8, pixel_size_um: float | None = None, compression: str = "jpeg",
                  quality: int = 90, tile: int = 512, levels: int | None = None,
                  preview_path: str | os.PathLike | None = None, preview_width: int = 2000, workers: int = 2,
-                 name: str = "mosaic", progress: Callable[[int, int], object] | None = None):
+                 name: str = "mosaic", progress: Callable[[int, int], object] | None = None,
+                 pixel_type: str | None = None):
         self.path = path
+        if pixel_type is not None:
+            form = pixel_form(pixel_type)
+            channels, dtype = (3 if form.sample else 1), form.dtype
         self.shape, self.pixels = _check_shape(shape, channels, dtype)
         self.codec = check_options(compression=compression, quality=quality, dtype=self.pixels.dtype)
-        if self.pixels.dtype != np.uint8:
-            raise ValueError("dtype must be uint8 for now: 16-bit levels need a 16-bit 2x2 reduction")
         self.tile = int(tile)
         if self.tile < 16 or self.tile % 16:
             raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
@@ -217,6 +152,8 @@ class PyramidWriter:
         self._rows_done = 0
         self._spools: dict[int, Spool] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._smallest: list[np.ndarray] = []  # a strided sample of the smallest written level
+        self.display: DisplayRange | None = None
 
     # --- the table of contents -----------------------------------------------------------------
 
@@ -235,7 +172,8 @@ class PyramidWriter:
         -------
         dict
             ``path``, ``shape``, ``levels`` (list of (h, w)), ``pixel_size_um``, ``tile``,
-            ``compression``, ``preview_path`` and ``preview_shape`` (None without preview).
+            ``compression``, ``preview_path`` and ``preview_shape`` (None without preview), and
+            ``display_range`` ((lo, hi) shown black and white, :mod:`ofm_tiling.display`).
 
         Raises
         ------
@@ -288,6 +226,8 @@ class PyramidWriter:
         if k == 0 and self.plan.preview_level == 0:
             keep = self._spools[0] = self._spool("level0", shapes[0])
             sinks.append(lambda y0, b, half: keep.write(y0, b))
+        if k == self.plan.written - 1 and self.pixels.dtype != np.uint8:  # 8-bit is shown as it is
+            sinks.append(self._sample_sink(shapes[k]))
         blocks = _fed(source, sinks)
         if k < self.plan.written:
             tif.write(self._tiles(blocks), shape=(*shapes[k], *self.pixels.sample), dtype=self.pixels.dtype,
@@ -299,11 +239,24 @@ class PyramidWriter:
             self._spools.pop(k).remove()
         return self._spools[k + 1].blocks(self.tile) if k + 1 < len(shapes) else iter(())
 
+    def _sample_sink(self, shape: tuple[int, int]) -> Callable[[int, np.ndarray, np.ndarray | None], None]:
+        """Keeps the rows of the smallest written level that the display range is measured on."""
+        step = sample_step(shape)
+
+        def keep(y0: int, block: np.ndarray, half: np.ndarray | None) -> None:
+            self._smallest.append(block[(-y0) % step :: step, ::step].copy())
+
+        return keep
+
     def _write_preview(self) -> None:
-        """The preview from its spooled level (kept while the pyramid was written)."""
+        """The display range, then the preview from its spooled level (kept while the pyramid was written)."""
+        self.display = display_range(np.concatenate(self._smallest)) if self._smallest else IDENTITY
+        self._smallest.clear()
         level, shape = self.plan.preview_level, self.plan.preview_shape
         if self.preview_path is not None and level is not None and shape is not None:
-            write_preview_from_rows(self.preview_path, self._spools[level], shape)
+            display = self.display
+            scale = None if self.pixels.dtype == np.uint8 else lambda rows: to_display(rows, display)
+            write_preview_from_rows(self.preview_path, self._spools[level], shape, display=scale)
 
     def _tiles(self, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         """Tiles of each block, left to right, reporting progress after each block."""
@@ -370,7 +323,8 @@ class PyramidWriter:
                 "levels": self.plan.shapes[: self.plan.written], "pixel_size_um": self.pixel_size_um,
                 "tile": self.tile, "compression": self.codec.name,
                 "preview_path": None if self.preview_path is None else os.fspath(self.preview_path),
-                "preview_shape": self.plan.preview_shape}
+                "preview_shape": self.plan.preview_shape,
+                "display_range": None if self.display is None else self.display.to_json()}
 
 
 def _fed(source: Iterator, sinks: list[Callable]) -> Iterator[np.ndarray]:

@@ -226,7 +226,8 @@ def _fuse(collection: Collection, placement: Placement, workers: int, show_progr
     from .fuse import fuse_mosaic
     from .progress import progress_bar
 
-    mosaic = fuse_mosaic(collection.paths, placement.positions, collection.tile_shape, workers=workers)
+    mosaic = fuse_mosaic(collection.paths, placement.positions, collection.tile_shape, workers=workers,
+                         pixel_type=collection.pixel_type)
 
     def bands() -> Iterator[tuple[int, np.ndarray]]:  # the bar lasts as long as the bands do
         with progress_bar("fusing", enabled=show_progress) as bar:
@@ -243,14 +244,17 @@ def _write_outputs(folder: Path, collection: Collection, placement: Placement, m
                    options: StitchOptions, *, focus_rows: list[dict], notes: list[str],
                    timings: dict[str, float]) -> tuple[int, int]:
     """Write the registered TileConfiguration, the mosaic, its preview, the report and the picture."""
-    from .pyramid import write_ome_tiff
+    from .pyramid import compression_for, write_ome_tiff
     from .tileconfig import write_tile_configuration
 
     write_tile_configuration(collection.use_dir / REGISTERED, collection.names, placement.positions)
-    write_ome_tiff(folder / MOSAIC, mosaic.shape, mosaic.bands, pixel_size_um=collection.pixel_size_um,
-                   compression=options.compression, quality=options.quality, preview_path=folder / PREVIEW,
-                   workers=options.thread_count(), name=collection.scan.name)
+    compression, note = compression_for(options.compression, mosaic.pixel_type)
+    notes.extend([note] if note else [])
+    written = write_ome_tiff(folder / MOSAIC, mosaic.shape, mosaic.bands, pixel_size_um=collection.pixel_size_um,
+                             compression=compression, quality=options.quality, preview_path=folder / PREVIEW,
+                             workers=options.thread_count(), name=collection.scan.name, pixel_type=mosaic.pixel_type)
     extra = _run_record(collection, placement, mosaic.shape, options, focus_rows, notes, timings)
+    extra.update(pixel_type=mosaic.pixel_type, display_range=written["display_range"])
     _write_report(folder, collection, placement, extra)
     if options.viewer:
         from .viewer import write_viewer
@@ -263,8 +267,8 @@ def _write_outputs(folder: Path, collection: Collection, placement: Placement, m
 def _run_record(collection: Collection, placement: Placement, shape: tuple[int, int], options: StitchOptions,
                 focus_rows: list[dict], notes: list[str], timings: dict[str, float]) -> dict:
     """What the report keeps about the run besides tiles and links."""
-    return {"backend": placement.backend, "scan": str(collection.scan), "use": str(collection.use_dir),
-            "tile_shape": list(collection.tile_shape), "mosaic_shape": list(shape), "order": collection.order,
+    return {"backend": placement.backend, "scan": str(collection.scan), "kind": collection.kind,
+            "use": str(collection.use_dir), "tile_shape": list(collection.tile_shape), "mosaic_shape": list(shape), "order": collection.order,
             "layout": collection.layout, "pixel_size_um": collection.pixel_size_um, "notes": notes,
             "failed_positions": [{"folder": f.folder.name, "report": f.report} for f in collection.failed],
             "focus": focus_rows, "options": {"select": options.select, "focus": options.focus,

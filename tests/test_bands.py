@@ -25,6 +25,23 @@ def test_halve_is_the_rounded_area_mean():
                 np.testing.assert_array_equal(halve(a, pool, pieces), halve_reference(a))
 
 
+def test_halve_of_sixteen_bit_grey_is_the_rounded_area_mean():
+    from ofm_tiling.pixels import halve_u16
+
+    rng = np.random.default_rng(1)
+    for shape in ((6, 8), (7, 9), (1, 1), (5, 2001)):
+        a = rng.integers(0, 65536, shape, dtype=np.uint16)
+        b = np.pad(a.astype(float), ((0, shape[0] % 2), (0, shape[1] % 2)), mode="edge")
+        expect = np.floor(b.reshape(len(b) // 2, 2, b.shape[1] // 2, 2).mean(axis=(1, 3)) + 0.5)
+        np.testing.assert_array_equal(halve_u16(a), expect)  # four 65535s do not overflow
+        with ThreadPoolExecutor(2) as pool:
+            got = halve(a, pool, 3)
+        assert got.dtype == np.uint16
+        np.testing.assert_array_equal(got, expect)
+    grey8 = rng.integers(0, 256, (7, 9), dtype=np.uint8)  # grey 8-bit: halve_u8 without a channel axis
+    np.testing.assert_array_equal(halve(grey8), halve_reference(grey8[..., None])[..., 0])
+
+
 def test_rechunk_regroups_bands_into_tile_rows():
     rng = np.random.default_rng(1)
     grey = rng.integers(0, 256, (70, 9), dtype=np.uint8)

@@ -96,3 +96,25 @@ def test_bioformats_reads_a_grey_pyramid(tmp_path, he_mosaic):
         ours = [level.asarray() for level in tif.series[0].levels]
     for k, expect in enumerate(ours):
         np.testing.assert_array_equal(_bf_pixels(path, k, tmp_path / f"bf{k}.tif"), expect)
+
+
+def test_bioformats_reads_a_sixteen_bit_grey_pyramid(tmp_path, he_mosaic):
+    # 16-bit values spread over the whole range (8-bit x 257 plus a low-bit ramp), so a reader that
+    # dropped the high or the low byte would not match.
+    grey = he_mosaic[..., 1].astype(np.uint16) * 257 + (np.arange(he_mosaic.shape[1], dtype=np.uint16) % 251)
+    grey = np.minimum(grey, 65535).astype(np.uint16)
+    path = tmp_path / "g16.ome.tif"
+    info = write_ome_tiff(path, grey.shape, [(0, grey)], pixel_type="grey16", compression="deflate",
+                          pixel_size_um=0.5)
+    report = _bf("ImageInfo", "-nopix", "-noflat", "-omexml", str(path))
+    assert "Checking file format [OME-TIFF]" in report
+    assert re.findall(r"sizeX\[\d\] = (\d+)", report) == ["1201", "601", "301"]
+    assert "Pixel type = uint16" in report and re.search(r"RGB = false", report)
+    assert 'Type="uint16"' in report and 'SizeC="1"' in report
+    with tifffile.TiffFile(path) as tif:
+        ours = [level.asarray() for level in tif.series[0].levels]
+    np.testing.assert_array_equal(ours[0], grey)  # lossless
+    for k, expect in enumerate(ours):
+        seen = _bf_pixels(path, k, tmp_path / f"bf{k}.tif")
+        assert seen.dtype == np.uint16 and seen.shape == info["levels"][k]
+        np.testing.assert_array_equal(seen, expect)

@@ -339,3 +339,71 @@ def test_narrow_cross_fade_is_as_close_to_the_truth_as_a_whole_overlap_one(sourc
         quality[width] = psnr(m[covered], source[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]][covered])
     print(f"PSNR against the truth, 128 px cross-fade vs whole overlaps: {quality}")
     assert quality[None] > quality[np.inf] - 0.5
+
+
+# --- greyscale and 16-bit tiles ---------------------------------------------------------------------
+
+def _grey_truth(folder, truth, scale: int) -> np.ndarray:
+    """The generator's canvas as the grey tiles hold it (luma, x 257 for 16 bits), in mosaic frame."""
+    from PIL import Image
+
+    from ofm_tiling.pixels import luma
+
+    with Image.open(folder / truth.truth_png) as im:
+        canvas = luma(np.asarray(im.convert("RGB"))) * scale
+    x0, y0 = truth.true_xy_array().min(axis=0).astype(int)
+    return canvas[y0:, x0:]
+
+
+@pytest.mark.parametrize(("pixel_type", "tile_format"),
+                         [("grey8", "jpeg"), ("grey8", "png"), ("grey16", "png"), ("grey16", "tiff")])
+def test_grey_tiles_at_their_true_positions_fuse_to_the_truth(scans, pixel_type, tile_format):
+    from ofm_tiling.imageio import read_tile
+
+    folder, truth = scans(f"fuse-{pixel_type}-{tile_format}", kind="tileconfig", grid=(3, 2), subpixel=False,
+                          pixel_type=pixel_type, tile_format=tile_format, source="procedural")
+    paths = [folder / p.central_file for p in truth.positions]
+    xy = truth.true_xy_array()
+    mosaic = fuse_mosaic(paths, xy, truth.tile_shape, pixel_type=pixel_type, band_height=100)
+    image = np.concatenate([rows for _, rows in mosaic.bands])
+    dtype, peak = (np.uint16, 65535.0) if pixel_type == "grey16" else (np.uint8, 255.0)
+    assert image.shape == mosaic.shape == mosaic_shape(xy, truth.tile_shape) and image.dtype == dtype
+    expect = _grey_truth(folder, truth, 257 if pixel_type == "grey16" else 1)[: image.shape[0], : image.shape[1]]
+    covered = _coverage(xy - xy.min(axis=0), image.shape, truth.tile_shape)
+    # Sensor noise of 2 grey levels (x 257) and JPEG losses: ~40 dB; a tile one pixel off gives < 30 dB.
+    assert psnr(image[covered > 0], expect[covered > 0], peak) > 36
+    assert psnr(image[1:][covered[1:] > 0], expect[:-1][covered[1:] > 0], peak) < psnr(
+        image[covered > 0], expect[covered > 0], peak) - 3
+    # Where one tile covers, the mosaic holds that tile's own values exactly (16 bits kept).
+    first = read_tile(paths[0], pixel_type)
+    (x, y), (th, tw) = (xy[0] - xy.min(axis=0)).astype(int), truth.tile_shape
+    alone = covered[y : y + th, x : x + tw] == 1
+    np.testing.assert_array_equal(image[y : y + th, x : x + tw][alone], first[alone])
+
+
+def test_sixteen_bit_overlaps_are_the_rounded_weighted_mean():
+    rng = np.random.default_rng(2)
+    tiles = [rng.integers(0, 65536, (60, 80), dtype=np.uint16) for _ in range(2)]
+    positions = np.array([[0, 0], [50, 10]])
+    image = _fuse(tiles, positions, (60, 80), pixel_type="grey16", feather_width=30)
+    w = np.zeros((2, 70, 130), np.float64)
+    v = np.zeros((2, 70, 130), np.float64)
+    for k, ((x, y), tile, (ry, rx)) in enumerate(zip(positions, tiles, tile_ramps(positions, (60, 80), width=30))):
+        w[k, y : y + 60, x : x + 80] = ry.w[:, None] * rx.w[None, :]
+        v[k, y : y + 60, x : x + 80] = tile
+    both = (w > 0).all(axis=0)
+    exact = (w * v).sum(axis=0)[both] / w.sum(axis=0)[both]
+    assert image.dtype == np.uint16
+    assert np.abs(image[both] - exact).max() <= 0.51  # rounded once, float32 weights
+
+
+def test_grey_tiles_of_the_wrong_type_are_refused():
+    tiles = [np.zeros((40, 50), np.uint8)] * 2
+    with pytest.raises(ValueError, match="expected uint16"):
+        _fuse(tiles, np.array([[0, 0], [30, 0]]), (40, 50), pixel_type="grey16")
+    with pytest.raises(ValueError, match="fill must be in 0..255"):
+        _fuse(tiles, np.array([[0, 0], [30, 0]]), (40, 50), pixel_type="grey8", fill=300)
+    nearest = _fuse([np.full((40, 50), 1, np.uint8), np.full((40, 50), 2, np.uint8)], np.array([[0, 0], [30, 5]]),
+                    (40, 50), pixel_type="grey8", fill=7, blend="none")
+    assert nearest.shape == (45, 80) and nearest[44, 0] == 7 and nearest[0, 79] == 7  # uncovered corners
+    assert nearest[20, 20] == 1 and nearest[20, 60] == 2 and set(np.unique(nearest)) == {1, 2, 7}

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from ofm_tiling.errors import OfmTilingError
-from ofm_tiling.imageio import read_gray, read_luminance, read_rgb
+from ofm_tiling.imageio import read_gray, read_luminance, read_rgb, read_tile, tile_luminance
+from ofm_tiling.pixels import luma, pixel_type_of
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,71 @@ def test_importing_leaves_pillows_bomb_guard_on(tmp_path, texture, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(OfmTilingError, match="t.png.*cannot decode image"):
         read_rgb(path)
+
+
+# --- any tile in its own type -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sixteen(texture) -> np.ndarray:
+    """16-bit grey values over the whole range, with low bits that matter."""
+    return (texture[..., 1].astype(np.uint16) * 257 + np.arange(325, dtype=np.uint16) % 97).astype(np.uint16)
+
+
+def test_read_tile_keeps_each_type(tmp_path, texture, sixteen):
+    import tifffile
+
+    grey = texture[..., 1]
+    tifffile.imwrite(tmp_path / "g16.tif", sixteen, photometric="minisblack", compression="zlib")
+    tifffile.imwrite(tmp_path / "g8.tiff", grey, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "rgb.tif", texture, photometric="rgb")
+    cases = {_save(tmp_path / "g16.png", sixteen): sixteen, tmp_path / "g16.tif": sixteen,
+             _save(tmp_path / "g8.png", grey): grey, tmp_path / "g8.tiff": grey,
+             _save(tmp_path / "rgb.png", texture): texture, tmp_path / "rgb.tif": texture}
+    for path, expect in cases.items():
+        got = read_tile(path)
+        assert got.dtype == expect.dtype and got.shape == expect.shape, path.name
+        np.testing.assert_array_equal(got, expect)
+        assert read_tile(path, pixel_type_of(expect)) is not None
+    jpeg_grey = read_tile(_save(tmp_path / "g.jpeg", grey, quality=95), "grey8")
+    assert jpeg_grey.shape == grey.shape and np.abs(jpeg_grey.astype(int) - grey).mean() < 2
+    jpeg_rgb = _save(tmp_path / "c.jpeg", texture, quality=95)
+    np.testing.assert_array_equal(read_tile(jpeg_rgb, "rgb8"), read_rgb(jpeg_rgb))  # the same fast decode
+
+
+def test_read_tile_refuses_other_types_and_damage_in_one_line(tmp_path, texture, sixteen):
+    import tifffile
+
+    png16 = _save(tmp_path / "g16.png", sixteen)
+    tifffile.imwrite(tmp_path / "float.tif", sixteen.astype(np.float32))
+    tif = tmp_path / "g16.tif"
+    tifffile.imwrite(tif, sixteen, photometric="minisblack", compression="zlib")
+    truncated_tif = tmp_path / "cut.tif"
+    truncated_tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])
+    truncated_png = tmp_path / "cut.png"
+    truncated_png.write_bytes(png16.read_bytes()[: png16.stat().st_size // 2])
+    cases = [(png16, "grey8", "holds grey16 pixels, the other tiles grey8"),
+             (tmp_path / "float.tif", None, "only 8-bit RGB, 8-bit grey and 16-bit grey"),
+             (truncated_tif, None, "cannot decode image"), (truncated_png, None, "cannot decode image"),
+             (tmp_path / "missing.png", None, "file not found")]
+    for path, pixel_type, problem in cases:
+        with pytest.raises(OfmTilingError) as info:
+            read_tile(path, pixel_type)
+        message = str(info.value)
+        assert path.name in message and problem in message and "\n" not in message
+
+
+def test_tile_luminance_keeps_sixteen_bit_precision(tmp_path, texture, sixteen):
+    from ofm_tiling.pixels import block_mean
+
+    png16 = _save(tmp_path / "g16.png", sixteen)
+    full = tile_luminance(png16)
+    assert full.dtype == np.float32 and full.max() > 60000  # Pillow's "L" would clip at 255
+    np.testing.assert_array_equal(full, sixteen.astype(np.float32))
+    quarter = tile_luminance(png16, 4)
+    assert quarter.shape == (61, 82)
+    np.testing.assert_allclose(quarter, block_mean(sixteen, 4), rtol=1e-6)
+    rgb_png = _save(tmp_path / "c.png", texture)
+    np.testing.assert_allclose(tile_luminance(rgb_png), luma(texture), atol=1e-3)
+    jpeg = _save(tmp_path / "c.jpeg", texture, quality=90)
+    for scale in (1, 4):  # JPEGs keep the DCT-scaled grey decode
+        np.testing.assert_array_equal(tile_luminance(jpeg, scale), read_luminance(jpeg, scale))

@@ -17,11 +17,13 @@ from test_bands import halve_reference
 from test_fuse import _cut, _grid, _he_image, _psnr
 
 from ofm_tiling import bands as bands_module
+from ofm_tiling.display import display_range
 from ofm_tiling.errors import OfmTilingError
 from ofm_tiling.files import atomic_file
 from ofm_tiling.fuse import fuse_bands, mosaic_shape
+from ofm_tiling.pixels import halve_u16
 from ofm_tiling.preview import write_preview
-from ofm_tiling.pyramid import PyramidWriter, check_options, write_ome_tiff
+from ofm_tiling.pyramid import PyramidWriter, check_options, compression_for, write_ome_tiff
 
 
 @pytest.fixture(scope="module")
@@ -331,8 +333,34 @@ def test_grey_mosaic_is_written_as_one_channel(tmp_path, mosaic, compression):
         assert im.mode == "L" and im.width == 300
 
 
-def test_sixteen_bit_is_refused_clearly_until_supported(tmp_path):
-    with pytest.raises(ValueError, match="dtype must be uint8 for now"):
-        PyramidWriter(tmp_path / "m.ome.tif", (10, 10), channels=1, dtype=np.uint16, compression="deflate")
+def test_sixteen_bit_jpeg_is_refused_and_the_run_stores_it_losslessly(tmp_path):
     with pytest.raises(ValueError, match="'deflate' or 'none' for uint16"):
         PyramidWriter(tmp_path / "m.ome.tif", (10, 10), channels=1, dtype=np.uint16)
+    assert compression_for("jpeg", "grey16")[0] == "deflate" and "losslessly" in compression_for("jpeg", "grey16")[1]
+    assert compression_for("none", "grey16") == ("none", None)
+    assert compression_for("jpeg", "grey8") == ("jpeg", None)
+
+
+def test_sixteen_bit_grey_pyramid_is_exact_at_every_level(tmp_path):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 65536, (1100, 1300), dtype=np.uint16)
+    image[:, :40] = 3  # a dark edge and a bright spot beyond the display range
+    image[500:510, 600:610] = 65535
+    path, preview = tmp_path / "m.ome.tif", tmp_path / "p.jpg"
+    bands = [(y0, image[y0 : y0 + 300]) for y0 in range(0, 1100, 300)]
+    info = write_ome_tiff(path, image.shape, bands, pixel_type="grey16", compression="deflate", tile=256,
+                          preview_path=preview, preview_width=200)
+    with tifffile.TiffFile(path) as tif:
+        levels = [level.asarray() for level in tif.series[0].levels]
+        assert tif.series[0].dtype == np.uint16 and tif.series[0].axes == "YX"
+        assert 'Type="uint16"' in tif.ome_metadata and 'SizeC="1"' in tif.ome_metadata
+    expect = image
+    for level in levels:
+        np.testing.assert_array_equal(level, expect)
+        expect = halve_u16(expect)
+    lo, hi = info["display_range"]
+    assert [lo, hi] == display_range(levels[-1]).to_json()
+    # Percentiles of the smallest level: the dark edge is black; averaged noise stays well below 65535.
+    assert lo == 3 and 32768 < hi < 50000
+    with Image.open(preview) as im:
+        assert im.mode == "L" and im.width == 200

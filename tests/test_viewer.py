@@ -16,6 +16,7 @@ from conftest import psnr, snapshot
 from PIL import Image
 
 from ofm_tiling.cli import main
+from ofm_tiling.display import DisplayRange, display_range, to_display
 from ofm_tiling.errors import OfmTilingError
 from ofm_tiling.pixels import halve_u8
 from ofm_tiling.pyramid import write_ome_tiff
@@ -230,9 +231,12 @@ class Page:
         return np.asarray(Image.open(io.BytesIO(self.page.screenshot())).convert("RGB"))
 
 
-def check_full_resolution(page: Page, out: Path) -> None:
-    """At scale 1 the screen shows the mosaic's own pixels: compare a 300x200 window in its middle."""
-    mosaic = level_pixels(out, 0)
+def check_full_resolution(page: Page, out: Path, mosaic: np.ndarray | None = None) -> None:
+    """At scale 1 the screen shows the mosaic's own pixels (or `mosaic`, e.g. as scaled for display):
+    compare a 300x200 window in its middle."""
+    mosaic = level_pixels(out, 0) if mosaic is None else mosaic
+    if mosaic.ndim == 2:
+        mosaic = np.repeat(mosaic[..., None], 3, axis=2)  # grey is shown as equal R, G and B
     sx, sy = 200, 200  # screen window clear of the bar, the scale bar and the overview
     mx, my = (mosaic.shape[1] - 300) // 2 | 1, (mosaic.shape[0] - 200) // 2 | 1  # odd: shows half-pixel slips
     page.show(mx - sx, my - sy, 1.0)
@@ -420,3 +424,68 @@ def test_double_tap_zooms_in_and_the_overview_moves_the_view(browser, result):
         assert v["y0"] + 350 / v["scale"] == pytest.approx(0.75 * data["height"], abs=data["height"] / box[3] + 1)
     finally:
         page.close()
+
+
+# --- greyscale and 16-bit mosaics -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=["grey8", "grey16"])
+def grey_result(request, scans, tmp_path_factory):
+    """An output folder (mosaic, preview, viewer) fused from generated grey tiles at their true positions."""
+    from ofm_tiling.fuse import fuse_mosaic
+    from ofm_tiling.pyramid import compression_for
+
+    pixel_type = request.param
+    folder, truth = scans(f"viewer-{pixel_type}", kind="tileconfig", grid=(3, 3), pixel_type=pixel_type,
+                          tile_format="png" if pixel_type == "grey16" else "jpeg", source="procedural")
+    out = tmp_path_factory.mktemp(f"viewer-{pixel_type}") / "stitched"
+    out.mkdir()
+    mosaic = fuse_mosaic([folder / p.central_file for p in truth.positions], truth.true_xy_array(),
+                         truth.tile_shape, pixel_type=pixel_type)
+    info = write_ome_tiff(out / "mosaic.ome.tif", mosaic.shape, mosaic.bands, pixel_type=pixel_type,
+                          compression=compression_for("jpeg", pixel_type)[0], preview_path=out / "preview.jpg",
+                          name=f"viewer-{pixel_type}")
+    write_viewer(out)
+    return out, pixel_type, DisplayRange(*info["display_range"])
+
+
+def assemble_grey(root: Path, level: int, shape) -> np.ndarray:
+    h, w = shape
+    image = np.zeros((h, w), np.uint8)
+    for row in range(-(-h // TILE)):
+        for col in range(-(-w // TILE)):
+            with Image.open(tile_path(root, level, col, row)) as tile:
+                assert tile.mode == "L"  # one-channel JPEG
+                pixels = np.asarray(tile)
+            image[row * TILE:row * TILE + pixels.shape[0], col * TILE:col * TILE + pixels.shape[1]] = pixels
+    return image
+
+
+def test_grey_viewer_tiles_are_the_mosaic_scaled_for_display(grey_result):
+    out, pixel_type, window = grey_result
+    with tifffile.TiffFile(out / "mosaic.ome.tif") as tif:
+        levels = [lv.asarray() for lv in tif.series[0].levels]
+        stored = tif.series[0].levels[0].keyframe
+        tif.filehandle.seek(stored.dataoffsets[0])
+        first_tile = tif.filehandle.read(stored.databytecounts[0])
+    assert levels[0].dtype == (np.uint16 if pixel_type == "grey16" else np.uint8)
+    assert window == display_range(levels[-1]) and window.is_identity == (pixel_type == "grey8")
+    pyramid = pyramid_for(levels[0].shape)
+    assert len(pyramid.levels) == len(levels) == 2
+    for k, level in enumerate(levels):
+        shown = to_display(level, window)
+        got = assemble_grey(out / "viewer", k, level.shape)
+        assert psnr(got, shown) > TILE_PSNR  # re-encoded at quality 90 (grey16), or the stored tiles (grey8)
+        assert psnr(np.roll(got, 7, axis=1), shown) < psnr(got, shown) - 6
+    if pixel_type == "grey8":  # whole grey JPEG tiles are copied as stored
+        assert tile_path(out / "viewer", 0, 0, 0).read_bytes() == first_tile
+    with Image.open(out / "preview.jpg") as im:  # the preview uses the same range
+        preview = np.asarray(im)
+    small = np.asarray(Image.fromarray(to_display(levels[0], window)).resize(preview.shape[::-1], Image.LANCZOS))
+    assert im.mode == "L" and psnr(preview, small) > 35
+
+
+def test_grey_page_shows_the_display_scaled_mosaic(open_page, grey_result):
+    out, _, window = grey_result
+    page = open_page((out / "viewer" / "index.html").as_uri())
+    check_full_resolution(page, out, to_display(level_pixels(out, 0), window))
+    assert page.errors == []

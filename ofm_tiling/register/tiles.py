@@ -1,4 +1,4 @@
-"""Tile sources: what registration reads, from JPEG files or from arrays in memory."""
+"""Tile sources: what registration reads, from image files (JPEG, PNG, TIFF) or from arrays in memory."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from ..imageio import read_luminance
+from ..imageio import tile_luminance
 from ..pixels import block_mean, luma
 
 __all__ = ["TileImages", "JpegTiles", "ArrayTiles", "reduce_tile"]
@@ -27,9 +27,10 @@ class TileImages(Protocol):
 
 
 class JpegTiles:
-    """Tiles read from image files as uint8 luminance (:func:`ofm_tiling.imageio.read_luminance`).
+    """Tiles read from image files as luminance (:func:`ofm_tiling.imageio.tile_luminance`).
 
-    Reduced decodes use libjpeg's DCT scaling, so ``scale`` should be 1, 2, 4 or 8.
+    JPEG tiles are uint8, and reduced decodes use libjpeg's DCT scaling, so ``scale`` should be
+    1, 2, 4 or 8. PNG and TIFF tiles (8 or 16 bits) are float32 block means, 16-bit precision kept.
 
     Parameters
     ----------
@@ -55,7 +56,7 @@ class JpegTiles:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        image = read_luminance(self.paths[i], int(scale))
+        image = tile_luminance(self.paths[i], int(scale))
         image.flags.writeable = False  # shared through the cache
         if self.cache_size > 0:
             with self._lock:

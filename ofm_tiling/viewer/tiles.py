@@ -3,8 +3,14 @@
 Viewer level 0 is the mosaic at full resolution and each further level is 2x smaller (sizes
 rounded up, as the OME-TIFF's own levels), down to the first level that fits in one tile. A
 level the OME-TIFF holds with exactly that size is re-encoded from its stored tiles; a level it
-lacks is made from the level above by `halve_u8`. Memory holds a few stored segments and one
-viewer tile (at most one band of stored strips for a striped file), never a whole level.
+lacks is made from the level above by `ofm_tiling.pixels.halve`. Memory holds a few stored
+segments and one viewer tile (at most one band of stored strips for a striped file), never a whole
+level.
+
+8-bit mosaics (RGB or grey) are shown as stored; whole JPEG tiles are copied as they are (a
+one-channel JPEG is a grey picture in every browser). A 16-bit grey mosaic is decoded and scaled
+for display with the mosaic's one display range (`ofm_tiling.display`, measured on the smallest
+stored level as the writer's preview is), then encoded as grey JPEG.
 """
 from __future__ import annotations
 
@@ -20,9 +26,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from ..display import IDENTITY, DisplayRange, range_of, to_display
 from ..errors import OfmTilingError
 from ..options import check_quality
-from ..pixels import halve_u8
+from ..pixels import halve
 
 #: Side of a viewer tile in pixels (the OME-TIFF's own tile size, so its tiles map one to one).
 TILE = 512
@@ -74,6 +81,7 @@ class _LevelReader:
     def __init__(self, tif: tifffile.TiffFile, page: tifffile.TiffPage):
         self.tif, self.page = tif, page
         self.shape = (int(page.imagelength), int(page.imagewidth))
+        self.sample = (3,) if page.samplesperpixel == 3 else ()
         self.cache: dict[int, tuple[int, int, np.ndarray]] = {}
         # Segment grid: stored tiles, or strips spanning the whole width.
         self.seg_h = int(page.tilelength) if page.is_tiled else int(page.rowsperstrip or self.shape[0])
@@ -92,12 +100,13 @@ class _LevelReader:
                 raise OfmTilingError(self.tif.filename, f"damaged image data in segment {index}: {exc}") from None
             if seg is None:
                 raise OfmTilingError(self.tif.filename, f"image segment {index} is missing")
-            self.cache[index] = (int(where[2]), int(where[3]), np.asarray(seg)[0])
+            seg = np.asarray(seg)[0]
+            self.cache[index] = (int(where[2]), int(where[3]), seg if self.sample else seg[..., 0])
         return self.cache[index]
 
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Pixels [y0:y1, x0:x1] (RGB uint8)."""
-        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        """Pixels [y0:y1, x0:x1] as stored (RGB uint8, grey uint8 or grey uint16)."""
+        out = np.empty((y1 - y0, x1 - x0, *self.sample), self.page.dtype)
         for index in self._segments(y0, y1, x0, x1):
             sy, sx, seg = self._segment(index)
             ya, yb = max(y0, sy), min(y1, sy + seg.shape[0], self.shape[0])
@@ -116,16 +125,25 @@ class _LevelReader:
 
 
 def _stored_levels(tif: tifffile.TiffFile, path: Path) -> list[tifffile.TiffPage]:
-    """Level pages of series 0 after checking they hold 8-bit RGB."""
+    """Level pages of series 0 after checking they hold 8-bit RGB, 8-bit grey or 16-bit grey."""
     if not tif.series:
         raise OfmTilingError(path, "holds no image")
     pages = []
     for level in tif.series[0].levels:
         page = level.keyframe
-        if page.dtype != np.uint8 or page.samplesperpixel != 3 or page.planarconfig != 1 or page.imagedepth != 1:
-            raise OfmTilingError(path, "is not an 8-bit RGB mosaic (ofm-tiling's OME-TIFF holds one)")
+        kind = (page.dtype, page.samplesperpixel)
+        if (kind not in ((np.uint8, 3), (np.uint8, 1), (np.uint16, 1)) or page.planarconfig != 1
+                or page.imagedepth != 1):
+            raise OfmTilingError(path, "is not an 8-bit RGB, 8-bit grey or 16-bit grey mosaic "
+                                       "(ofm-tiling's OME-TIFF holds one)")
         pages.append(page)
     return pages
+
+
+def _display_range(tif: tifffile.TiffFile) -> DisplayRange:
+    """The mosaic's display range, from its smallest stored level as the writer measured it."""
+    smallest = tif.series[0].levels[-1]
+    return IDENTITY if smallest.dtype == np.uint8 else range_of(smallest.asarray())  # 8-bit: nothing to read
 
 
 def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: int = QUALITY,
@@ -135,7 +153,7 @@ def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: 
     Parameters
     ----------
     mosaic : path-like
-        Pyramidal OME-TIFF (series 0, levels as SubIFDs, 8-bit RGB).
+        Pyramidal OME-TIFF (series 0, levels as SubIFDs; 8-bit RGB, 8-bit grey or 16-bit grey).
     root : path-like
         The (new, staging) viewer folder.
     quality : int
@@ -162,7 +180,7 @@ def write_tiles(mosaic: str | os.PathLike, root: str | os.PathLike, *, quality: 
     with tif, ThreadPoolExecutor(workers, thread_name_prefix="ofm-tiling-viewer") as pool:
         stored = {(int(p.imagelength), int(p.imagewidth)): p for p in _stored_levels(tif, path)}
         pyramid = pyramid_for(next(iter(stored)))
-        saver = _Saver(pool, 2 * workers, pyramid.tile_count, progress)
+        saver = _Saver(pool, 2 * workers, pyramid.tile_count, progress, _display_range(tif))
         previous = None
         for k, shape in enumerate(pyramid.levels):
             page = stored.get(shape)
@@ -206,7 +224,8 @@ def _copy(data: bytes, path: Path) -> None:
     path.write_bytes(data)
 
 
-def _save(pixels: np.ndarray, path: Path, quality: int) -> None:
+def _save(pixels: np.ndarray, path: Path, quality: int, display: DisplayRange) -> None:
+    pixels = to_display(pixels, display)
     path.parent.mkdir(parents=True, exist_ok=True)
     # RGB JPEG like the mosaic's own tiles (no YCbCr round trip: 52 dB against 36 dB re-encoded as YCbCr).
     Image.fromarray(pixels).save(path, quality=quality, keep_rgb=True)
@@ -216,13 +235,14 @@ class _Saver:
     """JPEG-encodes tiles in a thread pool, with at most `depth` tiles waiting (bounded memory)."""
 
     def __init__(self, pool: ThreadPoolExecutor, depth: int, total: int,
-                 progress: Callable[[int, int], object] | None):
+                 progress: Callable[[int, int], object] | None, display: DisplayRange):
         self.pool, self.depth, self.total, self.progress = pool, depth, total, progress
+        self.display = display  # applied to every tile encoded (identity for 8-bit)
         self.pending: deque[Future] = deque()
         self.done = 0
 
     def save(self, pixels: np.ndarray, path: Path, quality: int) -> None:
-        self.pending.append(self.pool.submit(_save, pixels, path, quality))
+        self.pending.append(self.pool.submit(_save, pixels, path, quality, self.display))
         self.finish(self.depth)
 
     def copy(self, data: bytes, path: Path) -> None:
@@ -248,7 +268,7 @@ def _halved(source: Region | None, pyramid: Pyramid, level: int) -> Region:
     above_h, above_w = pyramid.levels[level - 1]
 
     def region(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return halve_u8(source(2 * y0, min(2 * y1, above_h), 2 * x0, min(2 * x1, above_w)))
+        return halve(source(2 * y0, min(2 * y1, above_h), 2 * x0, min(2 * x1, above_w)))
 
     return region
 
