@@ -58,6 +58,8 @@ def nominal_match(full_i: np.ndarray, full_j: np.ndarray, g: PairGeometry,
     coarse_a = reduce_tile(full_i, scale)[g.rect_i]
     coarse_b = reduce_tile(full_j, scale)[g.rect_j]
     surface = ncc_window(coarse_a, coarse_b, g.lo, g.hi, g.min_area)
+    # Twice the phase-correlation peaks: a repeating pattern has many near-equal maxima, and
+    # neighbouring coarse offsets can climb to different full-resolution maxima (fine periods).
     peaks = top_peaks(surface, 2 * settings.n_peaks, radius=1)
     if not peaks:
         return PairMeasurement(None, _NAN, 0)
