@@ -11,8 +11,9 @@ Usage::
 
     python benchmarks/graph_paper.py [--data FOLDER] [--json benchmarks/graph_paper.json] [--crops DIR]
 
-prints a markdown table (one row per pair: agreement for each placement; then median and minimum)
-and writes the JSON. ``--crops DIR`` also saves, per pair and placement, the two tiles' overlap side
+prints a markdown table (one row per neighbouring pair: agreement for each placement; their median
+and minimum; then pairs that only overlap in some placements, e.g. second neighbours where steps
+are short) and writes the JSON. ``--crops DIR`` also saves, per pair and placement, the two tiles' overlap side
 by side and their difference, to look at. `rows()` returns the table for `benchmarks/run.py`.
 """
 from __future__ import annotations
@@ -92,22 +93,25 @@ def placements(folder: Path = DATA, *, workers: int = 2) -> dict[str, np.ndarray
 
 
 def rows(folder: Path = DATA, *, workers: int = 2) -> tuple[list[PairAgreement], dict[str, np.ndarray]]:
-    """Agreement of every pair that overlaps in the nominal layout, per placement; and the placements."""
+    """Agreement of every pair that overlaps in some placement, per placement (NaN where that
+    placement leaves no overlap); and the placements. Pairs overlapping in the nominal layout come
+    first (the neighbours: `summary` is over them), then the others."""
     collection = tile_folder_collection(folder)
     images = [read_luminance(p) for p in collection.paths]
     placed = placements(folder, workers=workers)
     scores = {name: agreement(images, pos) for name, pos in placed.items()}
+    others = sorted(set().union(*scores.values()) - set(scores["nominal"]))
     nan = float("nan")
-    table = [PairAgreement(i, j, *(scores[name].get((i, j), nan) for name in ("nominal", "fiji", "ofm_tiling")))
-             for i, j in sorted(scores["nominal"])]
-    return table, placed
+    return [PairAgreement(i, j, *(scores[name].get((i, j), nan) for name in ("nominal", "fiji", "ofm_tiling")))
+            for i, j in sorted(scores["nominal"]) + others], placed
 
 
 def summary(table: list[PairAgreement]) -> dict[str, dict[str, float]]:
-    """Median and minimum agreement per placement."""
+    """Median and minimum agreement per placement, over the pairs that overlap in the nominal layout."""
+    common = [r for r in table if np.isfinite(r.nominal)]
     out = {}
     for name in ("nominal", "fiji", "ofm_tiling"):
-        values = np.array([getattr(r, name) for r in table], float)
+        values = np.array([getattr(r, name) for r in common], float)
         out[name] = {"median": float(np.nanmedian(values)), "min": float(np.nanmin(values))}
     return out
 
@@ -115,13 +119,19 @@ def summary(table: list[PairAgreement]) -> dict[str, dict[str, float]]:
 def markdown(table: list[PairAgreement], names: list[str]) -> str:
     """The per-pair table with median and minimum rows."""
     lines = ["| pair | nominal | Fiji | ofm-tiling |", "|---|---|---|---|"]
-    lines += [f"| {names[r.i]} – {names[r.j]} | {r.nominal:.3f} | {r.fiji:.3f} | {r.ofm_tiling:.3f} |"
-              for r in table]
+    common = [r for r in table if np.isfinite(r.nominal)]
+    lines += [_line(r, names) for r in common]
     stats = summary(table)
     for key in ("median", "min"):
         lines.append(f"| **{key}** | " + " | ".join(f"{stats[n][key]:.3f}" for n in ("nominal", "fiji", "ofm_tiling"))
                      + " |")
+    lines += [_line(r, names, " (not neighbours)") for r in table if not np.isfinite(r.nominal)]
     return "\n".join(lines)
+
+
+def _line(r: PairAgreement, names: list[str], label: str = "") -> str:
+    cells = ["–" if not np.isfinite(v) else f"{v:.3f}" for v in (r.nominal, r.fiji, r.ofm_tiling)]
+    return f"| {names[r.i]} – {names[r.j]}{label} | " + " | ".join(cells) + " |"
 
 
 def save_crops(folder: Path, placed: dict[str, np.ndarray], out: Path) -> None:

@@ -128,9 +128,10 @@ def test_graph_paper_agrees_at_least_as_well_as_fiji():
     the third decimal: a pixel of rounding), and in the median and minimum."""
     bench = _graph_paper_benchmark()
     table, placed = bench.rows(GRAPH_PAPER)
-    assert len(table) == 9
+    assert sum(np.isfinite(row.nominal) for row in table) == 9    # the neighbours in the row
     for row in table:
-        assert row.ofm_tiling >= row.fiji - 0.002, row
+        if np.isfinite(row.fiji):
+            assert row.ofm_tiling >= row.fiji - 0.002, row
     stats = bench.summary(table)
     assert stats["ofm_tiling"]["median"] >= stats["fiji"]["median"]
     assert stats["ofm_tiling"]["min"] >= stats["fiji"]["min"]
