@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 # Quantile of the null comparisons a link must reach (see `register`'s `null_quantile`).
 STAGE_NULL_QUANTILE = 0.99
 NOMINAL_NULL_QUANTILE = 0.25
+# Null comparisons planned by default (see `register`'s `n_null`).
+STAGE_N_NULL = 100
+NOMINAL_N_NULL = 32
 
 __all__ = [
     "TileImages", "JpegTiles", "ArrayTiles", "Link", "Registration", "MatchSettings", "PairMeasurement",
@@ -122,7 +125,7 @@ def register(
     n_peaks: int = 5,
     min_correlation: float = 0.1,
     null_quantile: float | None = None,
-    n_null: int = 100,
+    n_null: int | None = None,
     refine_patch: int = 256,
     refine_patches: int = 2,
     workers: int = 2,
@@ -169,9 +172,11 @@ def register(
         ones, where the layout already says which tiles overlap and the null only has to keep out
         featureless or unrelated content (a repeating specimen matches itself anywhere about as
         well as at the true shift, so no pairwise test can prove its overlap).
-    n_null : int
+    n_null : int, optional
         Number of null comparisons between distant strips (several per pair in small scans; flipped
-        strips top it up to 32 when the scan is too small for distant strips).
+        strips top it up to 32 when the scan is too small for distant strips). Default: 100 for
+        stage positions, 32 for nominal ones (a lower quartile needs fewer samples than a 99th
+        percentile, and each nominal comparison is a full-resolution match).
     refine_patch, refine_patches : int
         Size (px) and number of the most textured full-resolution patches used for refinement.
     workers : int
@@ -200,7 +205,8 @@ def register(
     if len(tiles) != len(pos):
         raise ValueError(f"{len(tiles)} tiles but {len(pos)} positions")
     plan = plan_scan(pos, tile_shape, min_overlap=min_overlap, search_radius=search_radius,
-                     coarse_scale=coarse_scale, n_null=n_null, pairs=pairs)
+                     coarse_scale=coarse_scale, n_null=n_null if n_null is not None else _default_n_null(nominal),
+                     pairs=pairs)
     if not plan.pairs:
         return Registration([], float(min_correlation), np.zeros(0), float(max_deviation or 0.0))
     settings = MatchSettings(plan.tile_shape, plan.scale, filter_sigma, highpass_size, n_peaks,
@@ -215,6 +221,10 @@ def register(
     return Registration(_links(plan, measured.pairs, verdict), verdict.threshold, null.correlations,
                         verdict.max_deviation, plan.scale, plan.radius, verdict.stage_correction,
                         null.significance, verdict.significance_threshold)
+
+
+def _default_n_null(nominal: bool) -> int:
+    return NOMINAL_N_NULL if nominal else STAGE_N_NULL
 
 
 def _measure(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, cache: PairCache | None, *,
