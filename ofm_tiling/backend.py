@@ -66,7 +66,8 @@ class BuiltinBackend:
             return Placement.from_stage(stage, note="only one tile: nothing to register")
         with progress_bar("registering", enabled=show_progress) as bar:
             registration = register(JpegTiles(collection.paths), stage, tile_shape=collection.tile_shape,
-                                    workers=workers, progress=bar, cache=cache)
+                                    workers=workers, progress=bar, cache=cache,
+                                    nominal=collection.kind == "tileconfig")
         if cache is not None:
             cache.save()
         solution = solve(stage, registration.links)

@@ -19,6 +19,11 @@ coarse to fine (`measure`):
    window around the coarse result, with a quadratic fit of the correlation surface; only the
    refined shifts of accepted pairs are used.
 
+Nominal positions (a layout with no stage behind it, possibly tens of pixels off, on specimens
+that may repeat) are matched by the periodic-pattern rule instead (`nominal`): every local maximum
+of the exact coarse correlation is a candidate, and the whole-overlap correlation at full
+resolution decides between them.
+
 Each tile is decoded once, at full resolution, and streamed (`stream`): the coarse level is
 reduced from it, strips are cut out, and each link is matched and refined as soon as both its
 tiles are decoded (acceptance, which needs the whole scan's statistics, is decided afterwards). A
@@ -43,6 +48,13 @@ from .tiles import ArrayTiles, JpegTiles, TileImages
 
 if TYPE_CHECKING:
     from ..paircache import PairCache
+
+# Quantile of the null comparisons a link must reach (see `register`'s `null_quantile`).
+STAGE_NULL_QUANTILE = 0.99
+NOMINAL_NULL_QUANTILE = 0.25
+# Null comparisons planned by default (see `register`'s `n_null`).
+STAGE_N_NULL = 100
+NOMINAL_N_NULL = 32
 
 __all__ = [
     "TileImages", "JpegTiles", "ArrayTiles", "Link", "Registration", "MatchSettings", "PairMeasurement",
@@ -112,14 +124,15 @@ def register(
     highpass_size: int = 9,
     n_peaks: int = 5,
     min_correlation: float = 0.1,
-    null_quantile: float = 0.99,
-    n_null: int = 100,
+    null_quantile: float | None = None,
+    n_null: int | None = None,
     refine_patch: int = 256,
     refine_patches: int = 2,
     workers: int = 2,
     progress: Any = None,
     pairs: Sequence[tuple[int, int]] | None = None,
     cache: PairCache | None = None,
+    nominal: bool = False,
 ) -> Registration:
     """Measure the shift between every pair of overlapping tiles.
 
@@ -153,12 +166,17 @@ def register(
         Phase-correlation peaks verified by Pearson correlation.
     min_correlation : float
         Floor of the learned acceptance threshold (a correlation).
-    null_quantile : float
+    null_quantile : float, optional
         Quantile of the null comparisons (as ``correlation * sqrt(pixels compared)``) that a link
-        must reach; see :class:`Registration`.
-    n_null : int
+        must reach; see :class:`Registration`. Default: 0.99 for stage positions; 0.25 for nominal
+        ones, where the layout already says which tiles overlap and the null only has to keep out
+        featureless or unrelated content (a repeating specimen matches itself anywhere about as
+        well as at the true shift, so no pairwise test can prove its overlap).
+    n_null : int, optional
         Number of null comparisons between distant strips (several per pair in small scans; flipped
-        strips top it up to 32 when the scan is too small for distant strips).
+        strips top it up to 32 when the scan is too small for distant strips). Default: 100 for
+        stage positions, 32 for nominal ones (a lower quartile needs fewer samples than a 99th
+        percentile, and each nominal comparison is a full-resolution match).
     refine_patch, refine_patches : int
         Size (px) and number of the most textured full-resolution patches used for refinement.
     workers : int
@@ -167,6 +185,12 @@ def register(
         ``progress(n_done, n_total)`` or an object with ``update(n)``, advanced per tile decode.
     pairs : sequence of (int, int), optional
         Pairs to register instead of :func:`candidate_pairs`.
+    nominal : bool
+        The positions are nominal, with no stage error model behind them (a hand-made or grid
+        layout, e.g. a Fiji ``TileConfiguration.txt``): every pair and null comparison is matched by
+        the periodic-pattern rule (:mod:`ofm_tiling.register.nominal`: all coarse candidates,
+        decided by the whole-overlap correlation at full resolution), and `null_quantile` defaults
+        to 0.25.
     cache : PairCache, optional
         Pairwise results measured before (:mod:`ofm_tiling.paircache`): those found are not measured
         again (nor their tiles decoded when nothing else needs them), and every result is stored
@@ -181,12 +205,15 @@ def register(
     if len(tiles) != len(pos):
         raise ValueError(f"{len(tiles)} tiles but {len(pos)} positions")
     plan = plan_scan(pos, tile_shape, min_overlap=min_overlap, search_radius=search_radius,
-                     coarse_scale=coarse_scale, n_null=n_null, pairs=pairs)
+                     coarse_scale=coarse_scale, n_null=n_null if n_null is not None else _default_n_null(nominal),
+                     pairs=pairs)
     if not plan.pairs:
         return Registration([], float(min_correlation), np.zeros(0), float(max_deviation or 0.0))
     settings = MatchSettings(plan.tile_shape, plan.scale, filter_sigma, highpass_size, n_peaks,
-                             refine_patch, refine_patches)
+                             refine_patch, refine_patches, nominal)
     measured = _measure(tiles, plan, settings, cache, workers=workers, progress=progress)
+    if null_quantile is None:
+        null_quantile = NOMINAL_NULL_QUANTILE if nominal else STAGE_NULL_QUANTILE
     null = NullDistribution.from_samples(measured.null)
     verdict = judge(measured.pairs, plan.predicted, null, tile_shape=plan.tile_shape, scale=plan.scale,
                     radius=plan.radius, min_correlation=min_correlation, null_quantile=null_quantile,
@@ -194,6 +221,10 @@ def register(
     return Registration(_links(plan, measured.pairs, verdict), verdict.threshold, null.correlations,
                         verdict.max_deviation, plan.scale, plan.radius, verdict.stage_correction,
                         null.significance, verdict.significance_threshold)
+
+
+def _default_n_null(nominal: bool) -> int:
+    return NOMINAL_N_NULL if nominal else STAGE_N_NULL
 
 
 def _measure(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, cache: PairCache | None, *,

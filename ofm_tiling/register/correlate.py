@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 from ..pixels import raised_cosine
 
 __all__ = [
-    "bandpass", "phase_surface", "pooled_ncc", "ncc_surface", "quadratic_peak", "climb", "top_peaks",
+    "bandpass", "phase_surface", "pooled_ncc", "ncc_surface", "ncc_window", "quadratic_peak", "climb", "top_peaks",
 ]
 
 
@@ -103,6 +103,35 @@ def ncc_surface(a: np.ndarray, b: np.ndarray, r: int) -> tuple[np.ndarray, float
     s1, s2 = _window_sums(b, ph, pw, r), _window_sums(b * b, ph, pw, r)
     sbb = s2 - s1 ** 2 / (ph * pw)
     return cross.astype(np.float64), float(np.dot(ac.ravel(), ac.ravel())), sbb
+
+
+def ncc_window(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray, min_area: float) -> np.ndarray:
+    """Pearson correlation of A and B over their real overlap at every offset ``c`` in ``[lo, hi]``.
+
+    ``B(u + c) = A(u)`` as in :func:`pooled_ncc`, which this equals offset by offset (each overlap's
+    own means removed), computed for all offsets at once with FFTs of A, B, their squares and their
+    supports (zero-padded: no wrap-around). Offsets comparing fewer than `min_area` pixels are -inf.
+    Returns an array of shape ``hi - lo + 1``.
+    """
+    shape = (sfft.next_fast_len(a.shape[0] + b.shape[0], real=True),
+             sfft.next_fast_len(a.shape[1] + b.shape[1], real=True))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    fa, fa2, foa = (sfft.rfft2(v, s=shape, workers=1).conj() for v in (a64, a64 * a64, np.ones(a.shape)))
+    fb, fb2, fob = (sfft.rfft2(v, s=shape, workers=1) for v in (b64, b64 * b64, np.ones(b.shape)))
+    cy = np.arange(int(lo[0]), int(hi[0]) + 1) % shape[0]
+    cx = np.arange(int(lo[1]), int(hi[1]) + 1) % shape[1]
+
+    def corr(f: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return sfft.irfft2(f * g, s=shape, workers=1)[np.ix_(cy, cx)]
+
+    n = np.round(corr(foa, fob))
+    sa, sb = corr(fa, fob), corr(foa, fb)
+    nn = np.maximum(n, 1)
+    cov = corr(fa, fb) - sa * sb / nn
+    var = np.maximum((corr(fa2, fob) - sa * sa / nn) * (corr(foa, fb2) - sb * sb / nn), 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(var)
+    return np.where((n >= max(min_area, 4)) & (var > 0), r, -np.inf)
 
 
 def _window_sums(v: np.ndarray, ph: int, pw: int, r: int) -> np.ndarray:

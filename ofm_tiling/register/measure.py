@@ -40,6 +40,9 @@ class MatchSettings:
         Phase-correlation peaks verified by Pearson correlation.
     refine_patch, refine_patches : int
         Size (px) and number of the most textured full-resolution patches used for refinement.
+    nominal : bool
+        The positions are nominal (no stage error model): pairs and null comparisons are matched
+        by the periodic-pattern rule of :mod:`ofm_tiling.register.nominal` instead.
     """
 
     tile_shape: tuple[int, int]
@@ -49,6 +52,7 @@ class MatchSettings:
     n_peaks: int = 5
     refine_patch: int = 256
     refine_patches: int = 2
+    nominal: bool = False
 
     @property
     def refine_radius(self) -> int:
@@ -146,11 +150,12 @@ def null_match(strip_i: np.ndarray, strip_j: np.ndarray, geometry: PairGeometry,
                flip: int = 0) -> tuple[float, int]:
     """Correlation and pixels compared of a registration attempt on strips that cannot overlap."""
     if flip:
-        strip_j = np.ascontiguousarray(_FLIPS[flip](strip_j))
+        strip_j = np.ascontiguousarray(FLIPS[flip](strip_j))
     return coarse_match(strip_i, strip_j, geometry, n_peaks)[1:]
 
 
-_FLIPS = {1: lambda b: b[::-1, ::-1], 2: lambda b: b[::-1], 3: lambda b: b[:, ::-1]}
+# Flips of a null comparison's second strip (see `ofm_tiling.register.pairs.NullComparison`).
+FLIPS = {1: lambda b: b[::-1, ::-1], 2: lambda b: b[::-1], 3: lambda b: b[:, ::-1]}
 
 
 def coarse_match(a: np.ndarray, b: np.ndarray, g: PairGeometry,

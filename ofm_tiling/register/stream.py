@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import OfmTilingError
-from .measure import MatchSettings, PairMeasurement, coarse_level, measure_pair, null_match
+from .measure import FLIPS, MatchSettings, PairMeasurement, coarse_level, measure_pair, null_match
+from .nominal import nominal_match
 from .pairs import ScanPlan
 from .tiles import TileImages
 
@@ -76,13 +77,16 @@ def measure_scan(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, *, 
     remaining units needs it is not decoded.
     """
     known = known or {}
-    refine = plan.scale > 1
+    refine = plan.scale > 1 or settings.nominal
     n_pairs = len(plan.pairs)
-    # Work units, by the arrays they need: pairs (with both full tiles when refining), then nulls.
+    # Work units, by the arrays they need: pairs (with both full tiles when refining), then nulls
+    # (with full tiles too when nominal positions are matched at full resolution).
     units: list[tuple[Hashable, ...]] = [
         (_Strip(p, 0), _Strip(p, 1)) + ((_Full(i), _Full(j)) if refine else ())
         for p, (i, j) in enumerate(plan.pairs)]
-    units += [(_Strip(nc.pair, 0), _Strip(nc.partner, 1)) for nc in plan.nulls]
+    units += [(_Strip(nc.pair, 0), _Strip(nc.partner, 1))
+              + ((_Full(plan.pairs[nc.pair][0]), _Full(plan.pairs[nc.partner][1])) if settings.nominal else ())
+              for nc in plan.nulls]
     todo = [u for u in range(len(units)) if u not in known]
     provides = _provides(plan, {key for u in todo for key in units[u]})
     paths = getattr(tiles, "paths", None)
@@ -109,10 +113,16 @@ def measure_scan(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, *, 
     def compute(t: int, a: np.ndarray, b: np.ndarray, *full: np.ndarray) -> Any:
         u = todo[t]
         if u < n_pairs:
+            if settings.nominal:
+                return nominal_match(full[0], full[1], plan.geometry[u], settings)
             # Refined now, accepted or not: cheaper than decoding the tiles again once acceptance
             # is known (the threshold needs every link's coarse correlation first).
             return measure_pair(a, b, plan.geometry[u], settings, *full)
         nc = plan.nulls[u - n_pairs]
+        if settings.nominal:
+            m = nominal_match(full[0], np.ascontiguousarray(FLIPS[nc.flip](full[1])) if nc.flip else full[1],
+                              plan.geometry[nc.pair], settings)
+            return m.correlation, m.compared
         return null_match(a, b, plan.geometry[nc.pair], settings.n_peaks, nc.flip)
 
     reporter = Progress(progress, len(provides))
