@@ -268,7 +268,8 @@ def _run_record(collection: Collection, placement: Placement, shape: tuple[int, 
                 focus_rows: list[dict], notes: list[str], timings: dict[str, float]) -> dict:
     """What the report keeps about the run besides tiles and links."""
     return {"backend": placement.backend, "scan": str(collection.scan), "kind": collection.kind,
-            "use": str(collection.use_dir), "tile_shape": list(collection.tile_shape), "mosaic_shape": list(shape), "order": collection.order,
+            "use": str(collection.use_dir), "tile_shape": list(collection.tile_shape), "mosaic_shape": list(shape),
+            "order": collection.order,
             "layout": collection.layout, "pixel_size_um": collection.pixel_size_um, "notes": notes,
             "failed_positions": [{"folder": f.folder.name, "report": f.report} for f in collection.failed],
             "focus": focus_rows, "options": {"select": options.select, "focus": options.focus,
