@@ -33,6 +33,8 @@ One run measures, on the same generated scan with known truth:
 * **memory against scan length**: our stitch alone on scans 20 tiles wide of the main tile size
   (central planes only) and of different lengths (full preset: 20x3 and 20x10), peak RSS of each;
 * the two **JPEG decoders** on the same tiles, alternating on one thread (ms per tile);
+* **overlap agreement on real tiles without stage metadata** (``benchmarks/graph_paper.py``): the
+  graph-paper tiles in ``shared/data/``, placed nominally, by Fiji and by ofm-tiling;
 * the **all-in-focus** cost: ``ofm_tiling.allinfocus.edf_from_paths`` on a few 9-plane positions of the
   main scan (seconds per position).
 
@@ -187,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         ofs_exe = ensure_ofs_venv(args.venv)
         results["ofs_versions"] = ofs_versions(args.venv)
     results.update(run_benchmarks(args, pre, work, ofs_exe))
+    results["graph_paper"] = graph_paper_results(args.workers)
     results["summary"] = summarise(results["main"])
     results["targets"] = targets(results["main"], results["summary"], results["memory"])
     results["load_end"] = loadavg()
@@ -241,6 +244,21 @@ def run_benchmarks(args: argparse.Namespace, pre: dict, work: Path, ofs_exe: Pat
     out["scaling_tile"] = list(pre["scaling_tile"])
     out["scaling_planes"] = pre["scaling_planes"]
     return out
+
+
+def graph_paper_results(workers: int) -> dict | None:
+    """Overlap agreement on the real graph-paper tiles (`graph_paper.py`): nominal, Fiji, ofm-tiling.
+
+    Not a timing: measured in this process. None when the shared data are not beside the repository.
+    """
+    import graph_paper
+
+    if not graph_paper.DATA.is_dir():
+        return None
+    log("graph paper: overlap agreement of nominal, Fiji and ofm-tiling positions")
+    table, _ = graph_paper.rows(graph_paper.DATA, workers=workers)
+    names = graph_paper.tile_folder_collection(graph_paper.DATA).names
+    return {"table": graph_paper.markdown(table, names), "summary": graph_paper.summary(table)}
 
 
 def render_only(results_path: Path, md_path: Path, plot_path: Path) -> None:
