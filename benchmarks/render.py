@@ -46,7 +46,8 @@ def write_markdown(path: Path, results: dict, plot_rel: str | None) -> None:
     main = results["main"]
     lines = (_header(results) + _time_table(main) + _ratios(main, results["summary"]) + _accuracy(main)
              + _edf(main, results["workers"]) + _scaling(results, plot_rel) + _memory(results)
-             + _decoders(main) + _graph_paper(results.get("graph_paper")) + _targets(results["targets"]) + _machine(results) + _reproduce(results)
+             + _decoders(main) + _graph_paper(results.get("graph_paper")) + _targets(results["targets"])
+             + _machine(results) + _reproduce(results)
              + _notes(results.get("kept_notes")))
     path.write_text("\n".join(lines), encoding="utf-8")
 
