@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         ofs_exe = ensure_ofs_venv(args.venv)
         results["ofs_versions"] = ofs_versions(args.venv)
     results.update(run_benchmarks(args, pre, work, ofs_exe))
-    results["graph_paper"] = graph_paper_results(args.workers)
+    results["graph_paper"] = graph_paper_results(args.workers) if full else None  # real tiles: full runs only
     results["summary"] = summarise(results["main"])
     results["targets"] = targets(results["main"], results["summary"], results["memory"])
     results["load_end"] = loadavg()
