@@ -135,8 +135,25 @@ def measure(cmd: list[str], *, log_path: Path, cwd: Path | None = None, timeout:
     return rec
 
 
+def warm(*folders: str | Path) -> None:
+    """Read every file under `folders` once, so a measurement starts with them in the page cache.
+
+    Without it a measurement may find its input evicted: this machine reclaims idle page cache
+    (kdamond), and its disk answers a read in tens of milliseconds, which adds seconds of waiting
+    to whichever task comes first after a pause.
+    """
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")) if Path(folder).is_dir() else []:
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    while fh.read(1 << 20):
+                        pass
+
+
 def child(task: str, args: dict, *, log_path: Path, timeout: float | None = None) -> dict:
-    """Measure one task of ``tasks.TASKS`` in its own process (``run.py --child TASK ARGS``)."""
+    """Measure one task of ``tasks.TASKS`` in its own process (``run.py --child TASK ARGS``), its
+    input folders (``scan``, ``use``) read once just before (`warm`)."""
+    warm(*(args[key] for key in ("scan", "use") if key in args))
     cmd = [sys.executable, str(RUN_SCRIPT), "--child", task, json.dumps(args)]
     log(f"  {task} ...")
     rec = measure(cmd, log_path=log_path, timeout=timeout)
