@@ -23,7 +23,7 @@ from .options import CollectOptions
 from .scan import OWN_OUTPUT, FailedPosition, Scan, natural_key
 from .selection import Selection, select_image
 from .sources import TileList, TileSource, read_source
-from .tilefiles import check_same_kind, read_tile_header, use_suffix
+from .tilefiles import check_same_kind, read_tile_header, size_mismatch, use_suffix
 from .usefolder import FAILURE_REPORT, TILE_CONFIGURATION, TILES_CSV, failure_text, tiles_csv, write_use
 
 __all__ = ["Collection", "Tile", "TilePlan", "collect", "collect_into", "plan_tiles", "plan_listed", "focus_survey",
@@ -116,8 +116,7 @@ def _check_sizes(selections: list[Selection]) -> tuple[int, int]:
     for s in selections[1:]:
         im = s.image
         if (im.width, im.height) != (first.width, first.height):
-            raise OfmTilingError(im.path, f"image is {im.width}x{im.height} but {first.path} is "
-                                          f"{first.width}x{first.height}; all tiles must be the same size")
+            raise size_mismatch(im.path, (im.width, im.height), first.path, (first.width, first.height))
     return first.height, first.width
 
 

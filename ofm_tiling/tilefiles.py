@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import OfmTilingError
 
-__all__ = ["TILE_SUFFIXES", "TileHeader", "read_tile_header", "use_suffix", "check_same_kind"]
+__all__ = ["TILE_SUFFIXES", "TileHeader", "read_tile_header", "use_suffix", "check_same_kind", "size_mismatch"]
 
 #: File name endings of tiles (compared in lower case).
 TILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -109,13 +109,18 @@ def use_suffix(header: TileHeader) -> str:
     return _USE_SUFFIX[header.format]
 
 
+def size_mismatch(path: Path, size: tuple[int, int], first: Path, first_size: tuple[int, int]) -> OfmTilingError:
+    """The error for a tile whose (width, height) is not the first tile's."""
+    return OfmTilingError(path, f"image is {size[0]}x{size[1]} but {first} is {first_size[0]}x{first_size[1]}; "
+                                "all tiles must be the same size")
+
+
 def check_same_kind(headers: list[TileHeader]) -> None:
     """Every tile has the size and pixel type of the first (one-line error naming the odd file)."""
     first = headers[0]
     for h in headers[1:]:
         if h.shape != first.shape:
-            raise OfmTilingError(h.path, f"image is {h.width}x{h.height} but {first.path} is "
-                                         f"{first.width}x{first.height}; all tiles must be the same size")
+            raise size_mismatch(h.path, (h.width, h.height), first.path, (first.width, first.height))
         if h.pixel_type != first.pixel_type:
             raise OfmTilingError(h.path, f"pixels are {h.pixel_type} but {first.path}'s are {first.pixel_type}; "
                                          "all tiles must have the same pixel type")

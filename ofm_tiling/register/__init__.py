@@ -204,16 +204,17 @@ def register(
     pos = as_positions(positions)
     if len(tiles) != len(pos):
         raise ValueError(f"{len(tiles)} tiles but {len(pos)} positions")
+    if n_null is None:
+        n_null = NOMINAL_N_NULL if nominal else STAGE_N_NULL
+    if null_quantile is None:
+        null_quantile = NOMINAL_NULL_QUANTILE if nominal else STAGE_NULL_QUANTILE
     plan = plan_scan(pos, tile_shape, min_overlap=min_overlap, search_radius=search_radius,
-                     coarse_scale=coarse_scale, n_null=n_null if n_null is not None else _default_n_null(nominal),
-                     pairs=pairs)
+                     coarse_scale=coarse_scale, n_null=n_null, pairs=pairs)
     if not plan.pairs:
         return Registration([], float(min_correlation), np.zeros(0), float(max_deviation or 0.0))
     settings = MatchSettings(plan.tile_shape, plan.scale, filter_sigma, highpass_size, n_peaks,
                              refine_patch, refine_patches, nominal)
     measured = _measure(tiles, plan, settings, cache, workers=workers, progress=progress)
-    if null_quantile is None:
-        null_quantile = NOMINAL_NULL_QUANTILE if nominal else STAGE_NULL_QUANTILE
     null = NullDistribution.from_samples(measured.null)
     verdict = judge(measured.pairs, plan.predicted, null, tile_shape=plan.tile_shape, scale=plan.scale,
                     radius=plan.radius, min_correlation=min_correlation, null_quantile=null_quantile,
@@ -221,10 +222,6 @@ def register(
     return Registration(_links(plan, measured.pairs, verdict), verdict.threshold, null.correlations,
                         verdict.max_deviation, plan.scale, plan.radius, verdict.stage_correction,
                         null.significance, verdict.significance_threshold)
-
-
-def _default_n_null(nominal: bool) -> int:
-    return NOMINAL_N_NULL if nominal else STAGE_N_NULL
 
 
 def _measure(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, cache: PairCache | None, *,

@@ -149,13 +149,16 @@ def measure_pair(strip_i: np.ndarray, strip_j: np.ndarray, geometry: PairGeometr
 def null_match(strip_i: np.ndarray, strip_j: np.ndarray, geometry: PairGeometry, n_peaks: int,
                flip: int = 0) -> tuple[float, int]:
     """Correlation and pixels compared of a registration attempt on strips that cannot overlap."""
-    if flip:
-        strip_j = np.ascontiguousarray(FLIPS[flip](strip_j))
-    return coarse_match(strip_i, strip_j, geometry, n_peaks)[1:]
+    return coarse_match(strip_i, flipped(strip_j, flip), geometry, n_peaks)[1:]
 
 
-# Flips of a null comparison's second strip (see `ofm_tiling.register.pairs.NullComparison`).
-FLIPS = {1: lambda b: b[::-1, ::-1], 2: lambda b: b[::-1], 3: lambda b: b[:, ::-1]}
+_FLIPS = {1: lambda b: b[::-1, ::-1], 2: lambda b: b[::-1], 3: lambda b: b[:, ::-1]}
+
+
+def flipped(image: np.ndarray, flip: int) -> np.ndarray:
+    """A null comparison's second image, flipped as `ofm_tiling.register.pairs.NullComparison` says
+    (0: as it is; 1: both axes; 2: rows; 3: columns), contiguous."""
+    return np.ascontiguousarray(_FLIPS[flip](image)) if flip else image
 
 
 def coarse_match(a: np.ndarray, b: np.ndarray, g: PairGeometry,

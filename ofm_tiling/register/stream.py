@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OfmTilingError
-from .measure import FLIPS, MatchSettings, PairMeasurement, coarse_level, measure_pair, null_match
+from .measure import MatchSettings, PairMeasurement, coarse_level, flipped, measure_pair, null_match
 from .nominal import nominal_match
 from .pairs import ScanPlan
 from .tiles import TileImages
@@ -120,8 +120,7 @@ def measure_scan(tiles: TileImages, plan: ScanPlan, settings: MatchSettings, *, 
             return measure_pair(a, b, plan.geometry[u], settings, *full)
         nc = plan.nulls[u - n_pairs]
         if settings.nominal:
-            m = nominal_match(full[0], np.ascontiguousarray(FLIPS[nc.flip](full[1])) if nc.flip else full[1],
-                              plan.geometry[nc.pair], settings)
+            m = nominal_match(full[0], flipped(full[1], nc.flip), plan.geometry[nc.pair], settings)
             return m.correlation, m.compared
         return null_match(a, b, plan.geometry[nc.pair], settings.n_peaks, nc.flip)
 
