@@ -83,7 +83,10 @@ def _inclusion_masks(ys: list[np.ndarray], xs: list[np.ndarray]) -> list[np.ndar
     return masks
 
 
-def feather_cell(dst: np.ndarray, cover: list[Piece]) -> None:
+MaskCache = dict  # (what the masks depend on) -> masks of a run pair whose weights vary along x only
+
+
+def feather_cell(dst: np.ndarray, cover: list[Piece], masks: MaskCache | None = None) -> None:
     """Write into `dst` the feathered weighted mean of the tiles covering one cell.
 
     The cell is split where any tile's weight changes regime (`_runs`). A part where one tile
@@ -94,23 +97,27 @@ def feather_cell(dst: np.ndarray, cover: list[Piece]) -> None:
     mostly vary along one axis only, so masks are mostly 1-D and cost next to nothing. Where no
     tile has weight (only in unusual layouts, e.g. a tile overlapped on all sides by more than
     half its size), the tiles are averaged with equal weights.
+
+    `masks`, a dict kept for the whole mosaic, holds the masks that vary along x only: a vertical
+    seam's masks are the same in every band, so they are computed once.
     """
+    col_runs = _runs([p.cols for p in cover], [p.ramps[1] for p in cover])  # type: ignore[index]
     for ry in _runs([p.rows for p in cover], [p.ramps[0] for p in cover]):  # type: ignore[index]
-        for rx in _runs([p.cols for p in cover], [p.ramps[1] for p in cover]):  # type: ignore[index]
+        for rx in col_runs:
             weighted = [k for k, (a, b) in enumerate(zip(ry.regimes, rx.regimes)) if a != _ZERO and b != _ZERO]
             rows, cols = slice(ry.start, ry.stop), slice(rx.start, rx.stop)
             if len(weighted) == 1:
                 p = cover[weighted[0]]
                 dst[rows, cols] = p.tile[_within(p.rows, rows), _within(p.cols, cols)]
             else:
-                dst[rows, cols] = _blend(cover, weighted, ry, rx)
+                dst[rows, cols] = _blend(cover, weighted, ry, rx, {} if masks is None else masks)
 
 
 def _within(span: slice, part: slice) -> slice:
     return slice(span.start + part.start, span.start + part.stop)
 
 
-def _blend(cover: list[Piece], weighted: list[int], ry: _Run, rx: _Run) -> np.ndarray:
+def _blend(cover: list[Piece], weighted: list[int], ry: _Run, rx: _Run, masks: MaskCache) -> np.ndarray:
     """Weighted mean of the pieces `weighted` (all of them, equally, when empty) over one run pair."""
     equal = not weighted
     chosen = range(len(cover)) if equal else weighted
@@ -119,18 +126,52 @@ def _blend(cover: list[Piece], weighted: list[int], ry: _Run, rx: _Run) -> np.nd
         p = cover[k]
         rows, cols = _within(p.rows, slice(ry.start, ry.stop)), _within(p.cols, slice(rx.start, rx.stop))
         wy, wx = p.ramps  # type: ignore[misc]
-        # A weight that is 1 all along the run is passed as one value, so masks stay 1-D.
-        ys.append(wy.w[rows] if not equal and ry.regimes[k] == _RAMP else np.ones(1, np.float32))
-        xs.append(wx.w[cols] if not equal and rx.regimes[k] == _RAMP else np.ones(1, np.float32))
+        # A weight that is 1 all along the run is passed as None, so masks stay 1-D.
+        ys.append((wy, rows) if not equal and ry.regimes[k] == _RAMP else None)
+        xs.append((wx, cols) if not equal and rx.regimes[k] == _RAMP else None)
         parts.append(p.tile[rows, cols])
     if parts[0].dtype != np.uint8:
-        return _blend_wide(parts, ys, xs)
-    shape = parts[0].shape[:2]
-    cell = Image.fromarray(parts[-1])
-    for src, mask in reversed(list(zip(parts[:-1], _inclusion_masks(ys, xs)))):  # K-2 .. 0
-        mask = np.ascontiguousarray(np.broadcast_to(mask, shape))
-        cell.paste(Image.fromarray(src), (0, 0), Image.fromarray(mask))
-    return np.asarray(cell)
+        return _blend_wide(parts, [_weights(y) for y in ys], [_weights(x) for x in xs])
+    return _paste(parts, _masks(ys, xs, parts[0].shape, masks))
+
+
+def _weights(span: tuple[Ramp, slice] | None) -> np.ndarray:
+    """The weights of a ramp over a span; None: weight 1 all along (one value, broadcast)."""
+    return np.ones(1, np.float32) if span is None else span[0].w[span[1]]
+
+
+def _masks(ys: list, xs: list, shape: tuple[int, ...], cache: MaskCache) -> list[np.ndarray]:
+    """:func:`_inclusion_masks` as (1 or rows, 1 or columns x channels) arrays, ready to broadcast
+    over the flattened (rows, columns x channels) pixels :func:`_paste` blends."""
+    key = None
+    if all(y is None for y in ys):  # the same in every band: look it up
+        key = tuple(None if x is None else (id(x[0]), x[1].start, x[1].stop) for x in xs)
+        if key in cache:
+            return cache[key]
+    masks = _inclusion_masks([_weights(y) for y in ys], [_weights(x) for x in xs])
+    channels = shape[2] if len(shape) == 3 else 1
+    masks = [np.repeat(m, channels, axis=1) if m.shape[1] > 1 else m for m in masks]
+    if key is not None:
+        cache[key] = masks
+    return masks
+
+
+def _paste(parts: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+    """Paste ``parts[K-2] .. parts[0]`` over ``parts[K-1]`` through `masks` (Pillow, 8-bit).
+
+    Pixels are flattened to one grey row of columns x channels values per row: Pillow blends each
+    byte alike whatever the mode, and an "L" image wraps a numpy array without unpacking it.
+    """
+    shape = parts[0].shape
+    flat = (shape[0], int(np.prod(shape[1:])))
+
+    def image(a: np.ndarray) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(a).reshape(flat))
+
+    cell = image(parts[-1])
+    for src, mask in zip(parts[-2::-1], masks[::-1]):  # K-2 .. 0
+        cell.paste(image(src), (0, 0), image(np.broadcast_to(mask, flat)))
+    return np.asarray(cell).reshape(shape)
 
 
 def _blend_wide(parts: list[np.ndarray], ys: list[np.ndarray], xs: list[np.ndarray]) -> np.ndarray:

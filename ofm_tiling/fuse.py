@@ -16,15 +16,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .backend import Mosaic
-from .blend import Piece, feather_cell, nearest_cell
-from .memory import release_free_memory
+from .blend import MaskCache, Piece, feather_cell, nearest_cell
+from .memory import Trimmer
 from .pixels import PixelForm, pixel_form
 from .seams import SEAM_WIDTH, Ramp, tile_ramps
 
@@ -87,6 +87,7 @@ class _Plan:
     form: PixelForm                       # of the tiles and the mosaic
     fill: int
     workers: int
+    masks: MaskCache = field(default_factory=dict)  # feather masks that repeat band after band
 
 
 def _plan(positions: ArrayLike, tile_shape: tuple[int, int], *, band_height: int, blend: str,
@@ -292,13 +293,16 @@ def _bands(read_tile: ReadTile, plan: _Plan, progress: Progress | None) -> Itera
     # Bands are assembled in vertical stripes on all cores: copies, blending and filling alike.
     stripe_pool = None if plan.workers < 2 else ThreadPoolExecutor(
         max_workers=plan.workers, thread_name_prefix="ofm-tiling-fuse")
+    # Freed tiles stay resident for the next ones to reuse, up to about a row of tiles more.
+    tile_bytes = int(np.prod((*plan.tile_shape, *plan.form.sample))) * np.dtype(plan.form.dtype).itemsize
+    trimmer = Trimmer(margin=max(1, decoder.budget // 2) * tile_bytes)
     try:
         for y0 in range(0, height, plan.band_height):
             y1 = min(y0 + plan.band_height, height)
             decoder.read_ahead(y1)
             band = _assemble(plan, decoder.tiles_above(y1), y0, y1, stripe_pool)
             if decoder.release_above(y1):
-                release_free_memory()  # so resident memory stays flat over a long scan
+                trimmer.freed()  # so resident memory stays flat over a long scan
             decoder.read_ahead(y1)  # keep decoding while the consumer handles this band
             if progress is not None:
                 progress(y1, height)
@@ -359,7 +363,7 @@ def _fill_stripe(plan: _Plan, band: _Band, xa: int, xb: int) -> None:
         elif plan.ramps is None:
             nearest_cell(out[cell.rows, cell.cols], cell.cover, plan.tile_shape)
         else:
-            feather_cell(out[cell.rows, cell.cols], cell.cover)
+            feather_cell(out[cell.rows, cell.cols], cell.cover, plan.masks)
 
 
 class _Cell(NamedTuple):
