@@ -353,11 +353,12 @@ def _stripes(tiles, off: np.ndarray, tw: int, width: int, n: int) -> list[tuple[
 
 
 def _fill_stripe(plan: _Plan, band: _Band, xa: int, xb: int) -> None:
-    """Write columns ``xa:xb`` of the band: fill, then each cell from its tiles."""
+    """Write columns ``xa:xb`` of the band: each cell from its tiles, `fill` where none covers."""
     out = band.pixels
-    out[:, xa:xb] = plan.fill
     for cell in _cells(band, plan, xa, xb):
-        if len(cell.cover) == 1:
+        if not cell.cover:
+            out[cell.rows, cell.cols] = plan.fill
+        elif len(cell.cover) == 1:
             piece = cell.cover[0]
             out[cell.rows, cell.cols] = piece.tile[piece.rows, piece.cols]  # one tile: its weight cancels out
         elif plan.ramps is None:
@@ -375,10 +376,10 @@ class _Cell(NamedTuple):
 
 
 def _cells(band: _Band, plan: _Plan, xa: int, xb: int) -> Iterator[_Cell]:
-    """Split columns ``xa:xb`` of the band along every tile edge into cells.
+    """Split columns ``xa:xb`` of the band along every tile edge into cells, which tile it.
 
     Most of a mosaic is covered by a single tile, which can then be copied as is; only the
-    overlaps need arithmetic.
+    overlaps need arithmetic. Cells no tile covers come with an empty `cover`.
     """
     (th, tw), off = plan.tile_shape, plan.off
     y0, y1 = band.y0, band.y1
@@ -392,5 +393,4 @@ def _cells(band: _Band, plan: _Plan, xa: int, xb: int) -> Iterator[_Cell]:
             cover = [Piece(tile, slice(ya - oy, yb - oy), slice(xc - ox, xd - ox),
                            None if plan.ramps is None else plan.ramps[i])
                      for i, tile, ox, oy in in_rows if ox <= xc and ox + tw >= xd]
-            if cover:
-                yield _Cell(slice(ya - y0, yb - y0), slice(xc, xd), cover)
+            yield _Cell(slice(ya - y0, yb - y0), slice(xc, xd), cover)
