@@ -83,10 +83,10 @@ def _inclusion_masks(ys: list[np.ndarray], xs: list[np.ndarray]) -> list[np.ndar
     return masks
 
 
-MaskCache = dict  # (what the masks depend on) -> masks of a run pair whose weights vary along x only
+SeamCache = dict  # what column runs or x-only masks depend on -> them (the same in every band)
 
 
-def feather_cell(dst: np.ndarray, cover: list[Piece], masks: MaskCache | None = None) -> None:
+def feather_cell(dst: np.ndarray, cover: list[Piece], cache: SeamCache | None = None) -> None:
     """Write into `dst` the feathered weighted mean of the tiles covering one cell.
 
     The cell is split where any tile's weight changes regime (`_runs`). A part where one tile
@@ -98,10 +98,14 @@ def feather_cell(dst: np.ndarray, cover: list[Piece], masks: MaskCache | None = 
     tile has weight (only in unusual layouts, e.g. a tile overlapped on all sides by more than
     half its size), the tiles are averaged with equal weights.
 
-    `masks`, a dict kept for the whole mosaic, holds the masks that vary along x only: a vertical
-    seam's masks are the same in every band, so they are computed once.
+    `cache`, a dict kept for the whole mosaic, holds what depends on columns only: a vertical
+    seam's column runs and masks are the same in every band, so they are computed once.
     """
-    col_runs = _runs([p.cols for p in cover], [p.ramps[1] for p in cover])  # type: ignore[index]
+    cache = {} if cache is None else cache
+    key = ("runs", *((id(p.ramps[1]), p.cols.start, p.cols.stop) for p in cover))  # type: ignore[index]
+    col_runs = cache.get(key)
+    if col_runs is None:
+        col_runs = cache[key] = _runs([p.cols for p in cover], [p.ramps[1] for p in cover])  # type: ignore[index]
     for ry in _runs([p.rows for p in cover], [p.ramps[0] for p in cover]):  # type: ignore[index]
         for rx in col_runs:
             weighted = [k for k, (a, b) in enumerate(zip(ry.regimes, rx.regimes)) if a != _ZERO and b != _ZERO]
@@ -110,14 +114,14 @@ def feather_cell(dst: np.ndarray, cover: list[Piece], masks: MaskCache | None = 
                 p = cover[weighted[0]]
                 dst[rows, cols] = p.tile[_within(p.rows, rows), _within(p.cols, cols)]
             else:
-                dst[rows, cols] = _blend(cover, weighted, ry, rx, {} if masks is None else masks)
+                dst[rows, cols] = _blend(cover, weighted, ry, rx, cache)
 
 
 def _within(span: slice, part: slice) -> slice:
     return slice(span.start + part.start, span.start + part.stop)
 
 
-def _blend(cover: list[Piece], weighted: list[int], ry: _Run, rx: _Run, masks: MaskCache) -> np.ndarray:
+def _blend(cover: list[Piece], weighted: list[int], ry: _Run, rx: _Run, cache: SeamCache) -> np.ndarray:
     """Weighted mean of the pieces `weighted` (all of them, equally, when empty) over one run pair."""
     equal = not weighted
     chosen = range(len(cover)) if equal else weighted
@@ -132,7 +136,7 @@ def _blend(cover: list[Piece], weighted: list[int], ry: _Run, rx: _Run, masks: M
         parts.append(p.tile[rows, cols])
     if parts[0].dtype != np.uint8:
         return _blend_wide(parts, [_weights(y) for y in ys], [_weights(x) for x in xs])
-    return _paste(parts, _masks(ys, xs, parts[0].shape, masks))
+    return _paste(parts, _masks(ys, xs, parts[0].shape, cache))
 
 
 def _weights(span: tuple[Ramp, slice] | None) -> np.ndarray:
@@ -140,7 +144,7 @@ def _weights(span: tuple[Ramp, slice] | None) -> np.ndarray:
     return np.ones(1, np.float32) if span is None else span[0].w[span[1]]
 
 
-def _masks(ys: list, xs: list, shape: tuple[int, ...], cache: MaskCache) -> list[np.ndarray]:
+def _masks(ys: list, xs: list, shape: tuple[int, ...], cache: SeamCache) -> list[np.ndarray]:
     """:func:`_inclusion_masks` as (1 or rows, 1 or columns x channels) arrays, ready to broadcast
     over the flattened (rows, columns x channels) pixels :func:`_paste` blends."""
     key = None

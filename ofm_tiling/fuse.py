@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .backend import Mosaic
-from .blend import MaskCache, Piece, feather_cell, nearest_cell
+from .blend import Piece, SeamCache, feather_cell, nearest_cell
 from .memory import Trimmer
 from .pixels import PixelForm, pixel_form
 from .seams import SEAM_WIDTH, Ramp, tile_ramps
@@ -87,7 +87,7 @@ class _Plan:
     form: PixelForm                       # of the tiles and the mosaic
     fill: int
     workers: int
-    masks: MaskCache = field(default_factory=dict)  # feather masks that repeat band after band
+    seams: SeamCache = field(default_factory=dict)  # feather runs and masks that repeat band after band
 
 
 def _plan(positions: ArrayLike, tile_shape: tuple[int, int], *, band_height: int, blend: str,
@@ -364,7 +364,7 @@ def _fill_stripe(plan: _Plan, band: _Band, xa: int, xb: int) -> None:
         elif plan.ramps is None:
             nearest_cell(out[cell.rows, cell.cols], cell.cover, plan.tile_shape)
         else:
-            feather_cell(out[cell.rows, cell.cols], cell.cover, plan.masks)
+            feather_cell(out[cell.rows, cell.cols], cell.cover, plan.seams)
 
 
 class _Cell(NamedTuple):
