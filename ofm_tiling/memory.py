@@ -6,7 +6,7 @@ keeps such freed blocks inside its heaps, scattered between live ones, so the pr
 memory creeps up with the length of the scan although what it holds does not. ``malloc_trim``
 returns the free pages; elsewhere (macOS, Windows, musl) this is a no-op. A trim has a price:
 pages given back are faulted in again when the next tiles are decoded into them, so
-:class:`Trimmer` trims only once enough has been freed since the last trim.
+:class:`Trimmer` trims only once resident memory has crept a set margin above its level.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 import sys
 from functools import lru_cache
 
-__all__ = ["Trimmer", "available_memory", "release_free_memory"]
+__all__ = ["Trimmer", "available_memory", "release_free_memory", "resident_memory"]
 
 
 @lru_cache(maxsize=1)
@@ -54,7 +54,11 @@ class Trimmer:
         """Call after freeing memory: trims if resident memory is above the ceiling."""
         if _malloc_trim() is None:
             return
-        rss = resident_memory()
+        try:
+            rss = resident_memory()
+        except (OSError, ValueError, IndexError):  # no /proc: trim every time, as is safe
+            release_free_memory()
+            return
         if self.ceiling is None:
             self.ceiling = rss + self.margin
         elif rss > self.ceiling:
