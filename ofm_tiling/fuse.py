@@ -16,15 +16,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .backend import Mosaic
-from .blend import Piece, feather_cell, nearest_cell
-from .memory import release_free_memory
+from .blend import Piece, SeamCache, feather_cell, nearest_cell
+from .memory import Trimmer
 from .pixels import PixelForm, pixel_form
 from .seams import SEAM_WIDTH, Ramp, tile_ramps
 
@@ -87,6 +87,7 @@ class _Plan:
     form: PixelForm                       # of the tiles and the mosaic
     fill: int
     workers: int
+    seams: SeamCache = field(default_factory=dict)  # feather runs and masks that repeat band after band
 
 
 def _plan(positions: ArrayLike, tile_shape: tuple[int, int], *, band_height: int, blend: str,
@@ -292,13 +293,16 @@ def _bands(read_tile: ReadTile, plan: _Plan, progress: Progress | None) -> Itera
     # Bands are assembled in vertical stripes on all cores: copies, blending and filling alike.
     stripe_pool = None if plan.workers < 2 else ThreadPoolExecutor(
         max_workers=plan.workers, thread_name_prefix="ofm-tiling-fuse")
+    # Freed tiles stay resident for the next ones to reuse, up to about a row of tiles more.
+    tile_bytes = int(np.prod((*plan.tile_shape, *plan.form.sample))) * np.dtype(plan.form.dtype).itemsize
+    trimmer = Trimmer(margin=max(1, decoder.budget // 2) * tile_bytes)
     try:
         for y0 in range(0, height, plan.band_height):
             y1 = min(y0 + plan.band_height, height)
             decoder.read_ahead(y1)
             band = _assemble(plan, decoder.tiles_above(y1), y0, y1, stripe_pool)
             if decoder.release_above(y1):
-                release_free_memory()  # so resident memory stays flat over a long scan
+                trimmer.freed()  # so resident memory stays flat over a long scan
             decoder.read_ahead(y1)  # keep decoding while the consumer handles this band
             if progress is not None:
                 progress(y1, height)
@@ -349,17 +353,18 @@ def _stripes(tiles, off: np.ndarray, tw: int, width: int, n: int) -> list[tuple[
 
 
 def _fill_stripe(plan: _Plan, band: _Band, xa: int, xb: int) -> None:
-    """Write columns ``xa:xb`` of the band: fill, then each cell from its tiles."""
+    """Write columns ``xa:xb`` of the band: each cell from its tiles, `fill` where none covers."""
     out = band.pixels
-    out[:, xa:xb] = plan.fill
     for cell in _cells(band, plan, xa, xb):
-        if len(cell.cover) == 1:
+        if not cell.cover:
+            out[cell.rows, cell.cols] = plan.fill
+        elif len(cell.cover) == 1:
             piece = cell.cover[0]
             out[cell.rows, cell.cols] = piece.tile[piece.rows, piece.cols]  # one tile: its weight cancels out
         elif plan.ramps is None:
             nearest_cell(out[cell.rows, cell.cols], cell.cover, plan.tile_shape)
         else:
-            feather_cell(out[cell.rows, cell.cols], cell.cover)
+            feather_cell(out[cell.rows, cell.cols], cell.cover, plan.seams)
 
 
 class _Cell(NamedTuple):
@@ -371,10 +376,10 @@ class _Cell(NamedTuple):
 
 
 def _cells(band: _Band, plan: _Plan, xa: int, xb: int) -> Iterator[_Cell]:
-    """Split columns ``xa:xb`` of the band along every tile edge into cells.
+    """Split columns ``xa:xb`` of the band along every tile edge into cells, which tile it.
 
     Most of a mosaic is covered by a single tile, which can then be copied as is; only the
-    overlaps need arithmetic.
+    overlaps need arithmetic. Cells no tile covers come with an empty `cover`.
     """
     (th, tw), off = plan.tile_shape, plan.off
     y0, y1 = band.y0, band.y1
@@ -388,5 +393,4 @@ def _cells(band: _Band, plan: _Plan, xa: int, xb: int) -> Iterator[_Cell]:
             cover = [Piece(tile, slice(ya - oy, yb - oy), slice(xc - ox, xd - ox),
                            None if plan.ramps is None else plan.ramps[i])
                      for i, tile, ox, oy in in_rows if ox <= xc and ox + tw >= xd]
-            if cover:
-                yield _Cell(slice(ya - y0, yb - y0), slice(xc, xd), cover)
+            yield _Cell(slice(ya - y0, yb - y0), slice(xc, xd), cover)
