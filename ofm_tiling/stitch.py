@@ -7,13 +7,11 @@ when the run completes, so a run that fails or is killed leaves the previous res
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -170,7 +168,6 @@ def _run(scan: TileSource, folders: _Folders, options: StitchOptions, backend: B
     """The run itself, under the scan's lock: every output built in staging, then swapped in."""
     clock = _Clock()
     workers = options.thread_count()
-    _import_in_background(_LATER_IMPORTS)
     with FolderSwap([folders.use, folders.out], journal_dir=folders.use.parent) as swap:
         staging_out = swap.staging(folders.out)  # made first: an unwritable output fails before any work
         with clock.step("collect"):
@@ -194,23 +191,6 @@ def _run(scan: TileSource, folders: _Folders, options: StitchOptions, backend: B
         log.warning(note)
     collection = replace(collection, use_dir=folders.use)
     return StitchResult(collection, folders.out, placement, shape, backend.name, clock.timings, notes)
-
-
-# Libraries that registration and writing import, about 0.5 s of a run if imported when first
-# needed: collecting the tiles leaves a core free to import them meanwhile. Only libraries
-# outside this package, which import nothing of ours (no import cycle between the threads).
-_LATER_IMPORTS = ("scipy.fft", "scipy.ndimage", "scipy.special", "scipy.sparse.csgraph",
-                  "scipy.sparse.linalg", "tifffile", "PIL.ImageDraw")
-
-
-def _import_in_background(names: Sequence[str]) -> None:
-    """Import `names` on a thread of its own (a failure is left for the real import to report)."""
-    def run() -> None:
-        for name in names:
-            with suppress(Exception):
-                importlib.import_module(name)
-
-    threading.Thread(target=run, name="ofm-tiling-imports", daemon=True).start()
 
 
 def _pair_cache(out: Path, staging_out: Path) -> PairCache:
