@@ -96,6 +96,25 @@ def test_jpeg_tiles_decode_reduced_sizes_and_cache(tmp_path, tissue):
         JpegTiles([tmp_path / "missing.jpeg"]).gray(0)
 
 
+@pytest.mark.parametrize("sigma, box", [(1.0, 18), (1.0, 9), (0.0, 9), (2.0, 4)])
+def test_bandpass_patch_is_the_band_pass_of_the_whole_tile(sigma, box):
+    from ofm_tiling.register.correlate import bandpass_patch, bandpass_reach
+
+    tile = he_sample()[:300, :400, 1]
+    whole = bandpass(tile, sigma, box)
+    inside = bandpass_patch(tile, (60, 90), (128, 150), sigma=sigma, box=box)
+    assert inside.shape == (128, 150)
+    assert np.abs(inside - whole[60:188, 90:240]).max() < 1e-3
+    # A patch over the edges is filtered as the tile with its edges extended by their own values.
+    pad = 40
+    padded = bandpass(np.pad(tile, pad, mode="edge"), sigma, box)
+    edge = bandpass_patch(tile, (-16, -20), (100, 120), sigma=sigma, box=box)
+    assert np.abs(edge - padded[pad - 16:pad + 84, pad - 20:pad + 100]).max() < 1e-3
+    # ... which is the whole tile's band-pass beyond the filter's reach of the edges.
+    reach = bandpass_reach(sigma, box)
+    assert np.abs(edge[16 + reach:, 20 + reach:] - whole[reach:84, reach:100]).max() < 1e-3
+
+
 def test_bandpass_removes_illumination():
     yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
     ramp = 100 + 2 * xx + yy

@@ -5,13 +5,21 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft as sfft
 
-from .correlate import bandpass, climb, ncc_surface, phase_surface, pooled_ncc, quadratic_peak, top_peaks
+from .correlate import (
+    bandpass,
+    bandpass_patch,
+    climb,
+    ncc_surface,
+    phase_surface,
+    pooled_ncc,
+    quadratic_peak,
+    top_peaks,
+)
 from .pairs import PairGeometry
 from .tiles import reduce_tile
 
@@ -255,16 +263,8 @@ def _refine(full_i: np.ndarray, full_j: np.ndarray, plan: _PatchPlan,
 
 def _filtered_patch(image: np.ndarray, corner: tuple[int, int], size: tuple[int, int], margin: int,
                     settings: MatchSettings) -> np.ndarray:
-    """Band-passed patch of `size` at `corner`, grown by `margin` px on every side.
-
-    The band-pass runs on a piece larger by the filter's support, so the patch filters as it
-    would inside the whole tile.
-    """
-    (h, w), (cy, cx), (ph, pw) = image.shape, corner, size
-    sigma, box = settings.filter_sigma, 2 * settings.highpass_size
-    extra = int(math.ceil(2 * sigma)) + box // 2 + 1 + margin
-    y0, x0 = max(0, cy - extra), max(0, cx - extra)
-    y1, x1 = min(h, cy + ph + extra), min(w, cx + pw + extra)
-    f = bandpass(image[y0:y1, x0:x1], sigma, box)
-    ay, ax = cy - y0, cx - x0
-    return f[ay - margin:ay + ph + margin, ax - margin:ax + pw + margin]
+    """Band-passed patch of `size` at `corner`, grown by `margin` px on every side, filtered as it
+    would be inside the whole tile (the box is twice `highpass_size` at full resolution)."""
+    (cy, cx), (ph, pw) = corner, size
+    return bandpass_patch(image, (cy - margin, cx - margin), (ph + 2 * margin, pw + 2 * margin),
+                          sigma=settings.filter_sigma, box=2 * settings.highpass_size)
