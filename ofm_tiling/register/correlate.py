@@ -22,6 +22,10 @@ __all__ = [
 ]
 
 
+# `bandpass`'s Gaussian is cut off at this many sigmas (radius ``int(_TRUNCATE * sigma + 0.5)``, as ndimage's).
+_TRUNCATE = 2.0
+
+
 def bandpass(image: np.ndarray, sigma: float = 1.0, size: int = 9) -> np.ndarray:
     """Band-pass filter: Gaussian smoothing minus a local (box) mean.
 
@@ -31,30 +35,38 @@ def bandpass(image: np.ndarray, sigma: float = 1.0, size: int = 9) -> np.ndarray
     """
     low = image.astype(np.float32, copy=False)
     if sigma > 0:
-        low = ndi.gaussian_filter(low, sigma, truncate=2.0, mode="nearest")
-    return low - ndi.uniform_filter(low, size=max(int(size), 3), mode="nearest")
+        low = ndi.gaussian_filter(low, sigma, truncate=_TRUNCATE, mode="nearest")
+    return low - ndi.uniform_filter(low, size=_box_size(size), mode="nearest")
+
+
+def _gauss_radius(sigma: float) -> int:
+    return int(_TRUNCATE * float(sigma) + 0.5) if sigma > 0 else 0
+
+
+def _box_size(size: int) -> int:
+    return max(int(size), 3)
 
 
 def _box_reach(size: int) -> tuple[int, int]:
     """Pixels before and after the centre that `bandpass`'s box mean of `size` covers (ndimage's
     window of an even size reaches one pixel further back than forward)."""
-    size = max(int(size), 3)
+    size = _box_size(size)
     return size // 2, size - size // 2 - 1
 
 
 def bandpass_reach(sigma: float, size: int) -> int:
     """How far (px) the band-pass of `bandpass` reaches: an output pixel depends on input pixels
     at most this far away."""
-    return (int(2.0 * float(sigma) + 0.5) if sigma > 0 else 0) + max(_box_reach(size))
+    return _gauss_radius(sigma) + max(_box_reach(size))
 
 
 @lru_cache(maxsize=64)
 def _bandpass_response(shape: tuple[int, int], sigma: float, size: int) -> np.ndarray:
-    """`bandpass` as a multiplier of ``rfft2(image, s=shape)``: the Gaussian (truncated at 2
-    sigma, as there), then minus its box mean, as circular convolutions on a grid of `shape`."""
+    """`bandpass` as a multiplier of ``rfft2(image, s=shape)``: the Gaussian (truncated as
+    there), then minus its box mean, as circular convolutions on a grid of `shape`."""
     def along(n: int, transform: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         gauss = np.zeros(n)
-        r = int(2.0 * float(sigma) + 0.5) if sigma > 0 else 0
+        r = _gauss_radius(sigma)
         x = np.arange(-r, r + 1)
         k = np.exp(-0.5 * (x / sigma) ** 2) if sigma > 0 else np.ones(1)
         np.add.at(gauss, x % n, k / k.sum())
