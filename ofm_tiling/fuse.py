@@ -294,8 +294,7 @@ def _bands(read_tile: ReadTile, plan: _Plan, progress: Progress | None) -> Itera
     stripe_pool = None if plan.workers < 2 else ThreadPoolExecutor(
         max_workers=plan.workers, thread_name_prefix="ofm-tiling-fuse")
     # Freed tiles stay resident for the next ones to reuse, up to about a row of tiles more.
-    tile_bytes = int(np.prod((*plan.tile_shape, *plan.form.sample))) * np.dtype(plan.form.dtype).itemsize
-    trimmer = Trimmer(margin=max(1, decoder.budget // 2) * tile_bytes)
+    trimmer = Trimmer(margin=max(1, decoder.budget // 2) * plan.form.nbytes(plan.tile_shape))
     try:
         for y0 in range(0, height, plan.band_height):
             y1 = min(y0 + plan.band_height, height)

@@ -27,6 +27,10 @@ class PixelForm(NamedTuple):
     def max(self) -> int:
         return int(np.iinfo(self.dtype).max)
 
+    def nbytes(self, shape: tuple[int, int]) -> int:
+        """Bytes of an image of `shape` (height, width) in this form."""
+        return int(np.prod((*shape[:2], *self.sample))) * self.dtype.itemsize
+
 
 def pixel_form(pixel_type: str) -> PixelForm:
     """The numpy form of `pixel_type`: rgb8 ``(..., 3)`` uint8, grey8 uint8, grey16 uint16."""
