@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,13 @@ def z_order(images: list[ImageMetadata]) -> list[ImageMetadata]:
     return sorted(images, key=lambda im: natural_key(im.path.name))
 
 
+def own_outputs(skip: tuple[str | os.PathLike, ...]) -> Callable[[Path], bool]:
+    """The rule for folders a scan's reader passes over: those named in `skip` (the run's own
+    output and use folders) and any holding ofm-tiling's marker file (outputs of earlier runs)."""
+    skip_set = {Path(p).resolve() for p in skip}
+    return lambda folder: folder.resolve() in skip_set or (folder / MARKER).exists()
+
+
 def read_scan(root: str | os.PathLike, *, skip: tuple[str | os.PathLike, ...] = ()) -> Scan:
     """Index a smart-stack scan folder, reading only JPEG headers.
 
@@ -174,7 +182,7 @@ def read_scan(root: str | os.PathLike, *, skip: tuple[str | os.PathLike, ...] = 
         raise OfmTilingError(root, "scan folder not found")
     if not root.is_dir():
         raise OfmTilingError(root, "is not a folder (give the scan folder that holds data.json)")
-    skip_set = {Path(p).resolve() for p in skip}
+    is_own_output = own_outputs(skip)
     data, _ = _read_json(root / "data.json")
     positions: list[Position] = []
     failed: list[FailedPosition] = []
@@ -187,7 +195,7 @@ def read_scan(root: str | os.PathLike, *, skip: tuple[str | os.PathLike, ...] = 
         if not entry.is_dir() or entry.name.startswith("."):
             continue
         folder = Path(entry.path)
-        if folder.resolve() in skip_set or (folder / MARKER).exists():
+        if is_own_output(folder):
             ignored.append((folder, OWN_OUTPUT))
             continue
         found = read_position(folder)

@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OfmTilingError
-from .files import MARKER
 from .metadata import HeaderError, ImageMetadata, read_metadata
-from .scan import JPEG_SUFFIXES, Position, Scan, natural_key, read_scan, z_order
+from .scan import JPEG_SUFFIXES, Position, Scan, natural_key, own_outputs, read_scan, z_order
 from .tileconfig import read_text, tile_entries
 from .tilefiles import TileHeader, check_same_kind, is_tile_file, read_tile_header
 
@@ -124,7 +123,7 @@ def _contents(root: Path, skip: tuple[str | os.PathLike, ...]) -> _Contents:
         raise OfmTilingError(root, "scan folder not found")
     if not root.is_dir():
         raise OfmTilingError(root, "is not a folder (give the folder that holds the scan's images)")
-    skip_set = {Path(p).resolve() for p in skip}
+    is_own_output = own_outputs(skip)
     found = _Contents([], [], [], None)
     try:
         entries = sorted(os.scandir(root), key=lambda e: natural_key(e.name))
@@ -133,7 +132,7 @@ def _contents(root: Path, skip: tuple[str | os.PathLike, ...]) -> _Contents:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                if path.resolve() in skip_set or (path / MARKER).exists():
+                if is_own_output(path):
                     continue
                 has_jpegs = any(p.suffix.lower() in JPEG_SUFFIXES for p in path.iterdir())
                 (found.jpeg_folders if has_jpegs else found.other_folders).append(path)
